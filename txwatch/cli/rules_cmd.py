@@ -1,0 +1,3 @@
+"""CLI commands: rules_cmd (registered on the shared app)."""
+
+from txwatch.cli.app import app  # noqa: F401

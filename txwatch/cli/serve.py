@@ -1,0 +1,3 @@
+"""CLI commands: serve (registered on the shared app)."""
+
+from txwatch.cli.app import app  # noqa: F401

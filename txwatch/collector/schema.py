@@ -1,0 +1,95 @@
+"""The ingest batch, as validated by the collector (see docs/design.md, "Wire format")."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+SCHEMA_VERSION = 1
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+=\-]{0,199}$"
+# A metric name: a base name, optionally "/<layer>" where the layer is a parameter's qualified name.
+METRIC_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,99}(/[A-Za-z0-9_.:\-/\[\]]{1,300})?$"
+MAX_SERIES_PER_BATCH = 20_000
+MAX_POINTS_PER_SERIES = 100_000
+MAX_EVENTS_PER_BATCH = 1_000
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+MetricName = Annotated[str, StringConstraints(pattern=METRIC_PATTERN)]
+# [step, time, value]; value may be NaN or +/-Inf (a symptom, not bad input)
+PointTriple = tuple[Annotated[int, Field(ge=0, le=2**62)], float, float]
+
+
+class RunInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    config: dict[str, Any] = Field(default_factory=dict)
+    host: str | None = Field(default=None, max_length=255)
+    pid: int | None = None
+    world_size: int = Field(default=1, ge=1)
+    started: float | None = None
+    hooks_version: str | None = Field(default=None, max_length=50)
+    torch_version: str | None = Field(default=None, max_length=50)
+    device: str | None = Field(default=None, max_length=50)
+
+
+class ErrorInfo(BaseModel):
+    type: str = Field(max_length=255)
+    message: str = Field(default="", max_length=10_000)
+
+
+class Event(BaseModel):
+    kind: Literal["start", "heartbeat", "end"]
+    time: float
+    step: int | None = Field(default=None, ge=0)
+    status: Literal["finished", "crashed", "oom"] | None = None
+    error: ErrorInfo | None = None
+    memory: dict[str, dict[str, float]] | None = None
+
+    @field_validator("time")
+    @classmethod
+    def _finite_time(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("event time must be a finite unix timestamp in seconds")
+        return v
+
+
+class ClientStats(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    dropped: dict[str, int] = Field(default_factory=dict)
+    spooled_batches: int = 0
+
+
+class Batch(BaseModel):
+    """One batch from the hooks. Idempotent by (project, run, rank, seq)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1]
+    run: Name
+    project: Name = "default"
+    seq: int = Field(ge=0, le=2**62)
+    rank: int = Field(default=0, ge=0, le=1_000_000)
+    sent_at: float | None = None
+    run_info: RunInfo | None = None
+    series: dict[MetricName, list[PointTriple]] = Field(default_factory=dict, max_length=MAX_SERIES_PER_BATCH)
+    events: list[Event] = Field(default_factory=list, max_length=MAX_EVENTS_PER_BATCH)
+    client: ClientStats | None = None
+
+    @field_validator("series")
+    @classmethod
+    def _bounded_series(cls, v: dict[str, list]) -> dict[str, list]:
+        for name, points in v.items():
+            if len(points) > MAX_POINTS_PER_SERIES:
+                raise ValueError(
+                    f"series {name!r} has {len(points)} points; at most {MAX_POINTS_PER_SERIES} per batch"
+                )
+            for step, t, _value in points:
+                if not math.isfinite(t):
+                    raise ValueError(f"series {name!r} step {step}: time must be finite unix seconds")
+        return v
+
+    def point_count(self) -> int:
+        return sum(len(p) for p in self.series.values())

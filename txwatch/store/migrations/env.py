@@ -1,0 +1,16 @@
+"""Alembic environment: the engine is handed in by txwatch.store.db (no alembic.ini needed)."""
+
+from alembic import context
+
+from txwatch.store.models import Base
+
+config = context.config
+engine = config.attributes["engine"]
+
+with engine.begin() as connection:
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    context.run_migrations()
