@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+=\-]{0,199}$"
@@ -15,34 +15,66 @@ MAX_SERIES_PER_BATCH = 20_000
 MAX_POINTS_PER_SERIES = 100_000
 MAX_EVENTS_PER_BATCH = 1_000
 
+# Wall-clock times stored as timestamps must fit a datetime: 0 .. year 5138 (1e11 s)
+MAX_TIMESTAMP = 1e11
+Timestamp = Annotated[float, Field(ge=0, le=MAX_TIMESTAMP)]
+
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 MetricName = Annotated[str, StringConstraints(pattern=METRIC_PATTERN)]
 # [step, time, value]; value may be NaN or +/-Inf (a symptom, not bad input)
 PointTriple = tuple[Annotated[int, Field(ge=0, le=2**62)], float, float]
 
 
-class RunInfo(BaseModel):
+def _storable(value: Any) -> Any:
+    """``value`` with text no database stores (NUL, unpaired UTF-16 surrogates) replaced by U+FFFD.
+
+    Replaced rather than refused: a host name or error message with a stray byte is still worth keeping,
+    and refusing would drop the whole batch. Small nested data only (run info, events, client stats).
+    """
+    if isinstance(value, str):
+        if "\x00" in value:
+            value = value.replace("\x00", "\ufffd")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
+        return value
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
+
+
+class _TextChecked(BaseModel):
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:
+        return _storable(data) if isinstance(data, dict) else data
+
+
+class RunInfo(_TextChecked):
     model_config = ConfigDict(extra="allow")
 
     config: dict[str, Any] = Field(default_factory=dict)
     host: str | None = Field(default=None, max_length=255)
-    pid: int | None = None
-    world_size: int = Field(default=1, ge=1)
-    started: float | None = None
+    pid: int | None = Field(default=None, ge=0, le=2**62)
+    world_size: int = Field(default=1, ge=1, le=1_000_000)
+    started: Timestamp | None = None
     hooks_version: str | None = Field(default=None, max_length=50)
     torch_version: str | None = Field(default=None, max_length=50)
     device: str | None = Field(default=None, max_length=50)
 
 
-class ErrorInfo(BaseModel):
+class ErrorInfo(_TextChecked):
     type: str = Field(max_length=255)
     message: str = Field(default="", max_length=10_000)
 
 
-class Event(BaseModel):
+class Event(_TextChecked):
     kind: Literal["start", "heartbeat", "end"]
-    time: float
-    step: int | None = Field(default=None, ge=0)
+    time: Timestamp
+    step: int | None = Field(default=None, ge=0, le=2**62)
     status: Literal["finished", "crashed", "oom"] | None = None
     error: ErrorInfo | None = None
     memory: dict[str, dict[str, float]] | None = None
@@ -55,7 +87,7 @@ class Event(BaseModel):
         return v
 
 
-class ClientStats(BaseModel):
+class ClientStats(_TextChecked):
     model_config = ConfigDict(extra="allow")
 
     dropped: dict[str, int] = Field(default_factory=dict)
@@ -74,7 +106,11 @@ class Batch(BaseModel):
     rank: int = Field(default=0, ge=0, le=1_000_000)
     sent_at: float | None = None
     run_info: RunInfo | None = None
-    series: dict[MetricName, list[PointTriple]] = Field(default_factory=dict, max_length=MAX_SERIES_PER_BATCH)
+    series: dict[MetricName, list[PointTriple]] = Field(
+        default_factory=dict,
+        max_length=MAX_SERIES_PER_BATCH,
+        json_schema_extra={"additionalProperties": False},  # names must match the pattern (OpenAPI says so too)
+    )
     events: list[Event] = Field(default_factory=list, max_length=MAX_EVENTS_PER_BATCH)
     client: ClientStats | None = None
 

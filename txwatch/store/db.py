@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -10,7 +12,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from platformdirs import user_data_dir
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -98,10 +100,33 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+# PostgreSQL advisory lock key held while migrating ("txwatch" in ASCII): replicas started together on an empty
+# database take turns instead of racing to create the same tables.
+MIGRATION_LOCK_KEY = 0x74787761746368
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """Serialize migrations across processes sharing a PostgreSQL database (no-op elsewhere)."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            conn.commit()
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply the migrations up to ``revision``. Safe to call on every start."""
+    """Apply the migrations up to ``revision``. Safe to call on every start, and from several collectors starting
+    together on one PostgreSQL database (they take turns)."""
     try:
-        command.upgrade(alembic_config(engine), revision)
+        with _migration_lock(engine):
+            command.upgrade(alembic_config(engine), revision)
     except Exception as exc:  # report what failed and where, without the password
         raise DatabaseError(
             f"could not upgrade the database at {redact(str(engine.url))}: {exc.__class__.__name__}: {exc}"

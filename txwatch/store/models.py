@@ -82,17 +82,56 @@ class Series(Base):
     name: Mapped[str] = mapped_column(String(NAME_LEN * 2))
     points: Mapped[int] = mapped_column(BigInteger, default=0)  # count, kept up to date at ingest
     last_step: Mapped[int | None] = mapped_column(BigInteger)
-    last_value: Mapped[float | None] = mapped_column(Double)
+    last_value: Mapped[float | None] = mapped_column(Double)  # NULL with a last_step means NaN
+    last_time: Mapped[float | None] = mapped_column(Double)
     downsampled_before: Mapped[int | None] = mapped_column(BigInteger)  # retention thinned steps below this
 
 
 class Point(Base):
-    __tablename__ = "points"
+    """One value of one series at one step.
 
-    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), primary_key=True)
+    NaN is stored as NULL: SQLite silently turns a bound NaN into NULL, so both databases use NULL for NaN
+    (``txwatch.store.codec``) and aggregates behave the same in both. +/-Inf are stored as they are.
+    No foreign key to ``series``: a per-row key check costs 2.5x ingest time on PostgreSQL, and the collector
+    always creates the series row first (``txwatch.store.ingest``); deleting a run deletes its points explicitly.
+    On SQLite the table is WITHOUT ROWID, clustered on (series_id, step) like the queries read it.
+    """
+
+    __tablename__ = "points"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    series_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     time: Mapped[float] = mapped_column(Double)  # unix seconds, as sent
-    value: Mapped[float] = mapped_column(Double)  # NaN and +/-Inf kept as they are
+    value: Mapped[float | None] = mapped_column(Double)  # NULL means NaN; +/-Inf kept as they are
+
+
+class Rollup(Base):
+    """Min/max summary of one block of steps of one series, kept up to date at ingest.
+
+    Level ``L`` covers steps ``[block * L, (block + 1) * L)``. Downsampled reads of long series read these
+    instead of millions of raw points; retention keeps them when it thins raw points.
+    """
+
+    __tablename__ = "rollups"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    series_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    level: Mapped[int] = mapped_column(Integer, primary_key=True)  # block width in steps (16, 256, 4096)
+    block: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)  # points in the block, NaN included
+    nans: Mapped[int] = mapped_column(Integer)
+    first_step: Mapped[int] = mapped_column(BigInteger)
+    last_step: Mapped[int] = mapped_column(BigInteger)
+    nan_step: Mapped[int | None] = mapped_column(BigInteger)  # first NaN in the block, so charts still show it
+    nan_time: Mapped[float | None] = mapped_column(Double)
+    vmin: Mapped[float | None] = mapped_column(Double)  # over non-NaN values; NULL when all are NaN
+    vmin_step: Mapped[int | None] = mapped_column(BigInteger)
+    vmin_time: Mapped[float | None] = mapped_column(Double)
+    vmax: Mapped[float | None] = mapped_column(Double)
+    vmax_step: Mapped[int | None] = mapped_column(BigInteger)
+    vmax_time: Mapped[float | None] = mapped_column(Double)
+    vsum: Mapped[float | None] = mapped_column(Double)  # sum of non-NaN values (means for the layer heatmap)
 
 
 class Batch(Base):

@@ -1,0 +1,88 @@
+"""The query API against a live daemon: runs, one run, series (downsampled), layers, diagnoses."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tests.api.test_ingest import post
+from tests.collector.batches import T0, batch, steps
+
+
+def get(client, path, **params):
+    r = client.get(path, params=params)
+    assert r.status_code == 200, r.text
+    return json.loads(r.text)
+
+
+def test_runs_filtered_newest_first_with_detail(client):
+    post(client, batch(run="old", project="a", run_info={"started": T0, "config": {"lr": 0.1}},
+                       series=steps("loss", 0, 5), events=[{"kind": "end", "time": T0 + 5, "status": "finished"}]))
+    post(client, batch(run="new", project="b", run_info={"started": T0 + 100}, series=steps("loss", 0, 3)))
+    runs = get(client, "/api/v1/runs")["runs"]
+    assert [r["name"] for r in runs] == ["new", "old"]
+    assert runs[1]["status"] == "finished" and runs[1]["steps"] == 4 and runs[1]["last_loss"] == 0.2
+    assert [r["name"] for r in get(client, "/api/v1/runs", project="a")["runs"]] == ["old"]
+    assert [r["name"] for r in get(client, "/api/v1/runs", status="running")["runs"]] == ["new"]
+    assert [r["name"] for r in get(client, "/api/v1/runs", since=T0 + 50)["runs"]] == ["new"]
+    assert [r["name"] for r in get(client, "/api/v1/runs", until="2025-11-29T05:10:30Z")["runs"]] == ["old"]
+    assert len(get(client, "/api/v1/runs", limit=1)["runs"]) == 1
+    detail = get(client, "/api/v1/runs/a/old")
+    assert detail["config"] == {"lr": 0.1} and detail["summary"]["last_values"]["loss"] == 0.2
+    r = client.get("/api/v1/runs/a/missing")
+    assert r.status_code == 404 and "missing" in r.json()["error"]
+    assert client.get("/api/v1/runs", params={"status": "exploded"}).status_code == 422
+
+
+def test_long_series_is_downsampled_keeping_extremes_and_nan(client):
+    n = 20_000
+    values = [math.sin(s / 300) for s in range(n)]
+    values[12_345] = 50.0  # a spike must survive downsampling
+    values[777] = -50.0
+    values[9_000] = math.nan
+    for seq, lo in enumerate(range(0, n, 5000)):
+        post(client, batch(seq=seq, series={"loss": [[s, T0 + s, values[s]] for s in range(lo, lo + 5000)]}))
+    body = get(client, "/api/v1/runs/p/r/series/loss", max_points=500)
+    pts = body["points"]
+    assert body["downsampled"] and 100 < len(pts) <= 500
+    steps_ = [p["step"] for p in pts]
+    assert steps_ == sorted(steps_) and len(set(steps_)) == len(steps_)
+    finite = [p["value"] for p in pts if not math.isnan(p["value"])]
+    assert max(finite) == 50.0 and min(finite) == -50.0
+    assert {"step": 12_345, "time": T0 + 12_345, "value": 50.0} in pts
+    assert [p["step"] for p in pts if math.isnan(p["value"])] == [9_000]
+    # a zoomed range is exact at its edges and raw when small enough
+    zoom = get(client, "/api/v1/runs/p/r/series/loss", start=12_000, end=12_999, max_points=2000)
+    assert not zoom["downsampled"] and [p["step"] for p in zoom["points"]] == list(range(12_000, 13_000))
+    series = get(client, "/api/v1/runs/p/r/series")["series"]
+    assert series == [{"name": "loss", "metric": "loss", "layer": None, "points": n, "last_step": n - 1,
+                       "last_value": values[-1]}]
+
+
+def test_layers_heatmap_has_a_row_per_layer(client):
+    layers = ["enc.0.weight", "enc.1.weight", "head.weight"]
+    series = {f"grad_norm/{name}": [[s, T0 + s, (i + 1) * 1.0] for s in range(0, 1000, 10)]
+              for i, name in enumerate(layers)}
+    series["grad_norm/head.weight"][50][2] = math.nan
+    post(client, batch(series=series | steps("loss", 0, 1000)))
+    hm = get(client, "/api/v1/runs/p/r/layers", metric="grad_norm", max_steps=20)
+    assert hm["layers"] == layers
+    assert len(hm["values"]) == 3 and all(len(row) == len(hm["steps"]) for row in hm["values"])
+    assert 10 <= len(hm["steps"]) <= 20
+    assert hm["values"][0][0] == 1.0 and hm["values"][1][3] == 2.0 and hm["values"][2][0] == 3.0
+    assert get(client, "/api/v1/runs/p/r/layers", metric="update_ratio")["layers"] == []
+
+
+@pytest.mark.slow
+def test_nan_loss_is_diagnosed_and_listed(client):
+    post(client, batch(series={"loss": [[s, T0 + s, 2.0 if s < 20 else math.nan] for s in range(25)]}))
+    diags = get(client, "/api/v1/diagnoses", run="r")["diagnoses"]
+    assert "loss-nonfinite" in {d["rule"] for d in diags}, diags
+    d = next(d for d in diags if d["rule"] == "loss-nonfinite")
+    assert d["run"] == "r" and d["project"] == "p" and d["state"] == "firing" and d["step"] == 20
+    assert d["layer"] is None and d["symptom"] and d["cause"] and d["fix"]
+    assert get(client, "/api/v1/diagnoses", severity=d["severity"], state="firing")["diagnoses"]
+    assert get(client, "/api/v1/diagnoses", rule="dead-layer")["diagnoses"] == []
+    assert get(client, "/api/v1/runs/p/r")["firing"][d["severity"]] == 1

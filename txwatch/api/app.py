@@ -1,0 +1,112 @@
+"""The collector's HTTP app: ingest, queries, health and metrics, over the services built by the daemon."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from sqlalchemy.exc import DataError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from txwatch.api import errors
+from txwatch.services import Services
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1"
+
+
+def create_app(services: Services) -> FastAPI:
+    """The FastAPI app over ``services`` (kept in ``app.state.services``).
+
+    Includes the silences routes (``txwatch.alerts.routes``) and the web page (``txwatch.web``) when those
+    packages import; every ``/api`` route checks the bearer token when one is configured.
+    """
+    from txwatch import exporter
+    from txwatch.api import health, ingest, runs
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        exporter.RUN_EXPORTER.attach(services)
+        try:
+            yield
+        finally:
+            exporter.RUN_EXPORTER.detach(services)
+
+    app = FastAPI(
+        title="txwatch collector",
+        version=API_VERSION,
+        description="Stores training runs' metrics, diagnoses them, and answers questions about them.",
+        default_response_class=errors.NaNJSONResponse,
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.add_middleware(ContentLengthLimit, limit=services.settings.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, errors.request_validation_handler)
+    app.add_exception_handler(StarletteHTTPException, errors.http_exception_handler)
+    app.add_exception_handler(DataError, errors.data_error_handler)
+    app.add_exception_handler(OperationalError, errors.database_down_handler)
+    app.include_router(ingest.router)
+    app.include_router(runs.router)
+    app.include_router(health.router)
+    _include_optional(app, "txwatch.alerts.routes", "silences")
+    _include_optional(app, "txwatch.web", "web page")
+
+    def openapi():
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                ingest.batch_component_schemas()
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+    return app
+
+
+def _include_optional(app: FastAPI, module: str, what: str) -> None:
+    import importlib
+
+    try:
+        router = importlib.import_module(module).router
+    except (ImportError, AttributeError) as exc:
+        log.info("%s not served: %s", what, exc)
+        return
+    from txwatch.api.models import ERRORS
+
+    # every /api route answers these (token, unknown ids, bad fields, database away): document them
+    app.include_router(router, responses=ERRORS)
+
+
+class ContentLengthLimit:
+    """Refuse (413) any request whose declared Content-Length passes ``limit``, before reading its body.
+
+    Ingest also stream-limits bodies sent without a length (``txwatch.api.ingest.read_limited``).
+    """
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            for name, value in scope.get("headers", ()):
+                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                    from txwatch import exporter
+
+                    if scope.get("path") == "/api/v1/ingest":
+                        exporter.BATCHES_REJECTED.labels("too_large").inc()
+                    response = errors.error_response(
+                        413,
+                        f"request body larger than {self.limit} bytes (max_body_bytes): send smaller batches "
+                        "(the hooks split them) or raise TXWATCH_MAX_BODY_BYTES",
+                        [{"field": "(body)", "problem": f"more than {self.limit} bytes"}],
+                    )
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)

@@ -1,0 +1,144 @@
+"""Error bodies: ``{"error": "<one line>", "details": [{"field": "series.loss.0.2", "problem": "..."}]}``.
+
+Every 4xx names what was wrong and how to fix it; nothing echoes a secret or a large input back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from txwatch.collector.schema import SCHEMA_VERSION
+
+MAX_DETAILS = 20  # a batch with 10,000 bad points gets the first 20 problems, and the count
+MAX_GOT_CHARS = 80
+
+NAME_HINT = "must be 1 to 200 characters of A-Z a-z 0-9 . _ : @ + = - starting with a letter or digit (no '/' or spaces)"
+METRIC_HINT = (
+    "metric names are a base name of letters, digits, _ . : - (starting with a letter or _, at most 100), "
+    "optionally followed by '/<layer>'"
+)
+
+
+class NaNJSONResponse(JSONResponse):
+    """JSON as Python's json writes it: NaN, Infinity and -Infinity literals allowed (a NaN loss is data)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def error_response(status: int, error: str, details: list[dict] | None = None, headers: dict | None = None):
+    body: dict[str, Any] = {"error": error}
+    if details is not None:
+        body["details"] = details
+    return NaNJSONResponse(body, status_code=status, headers=headers)
+
+
+def field_path(loc: tuple | list, skip_body: bool = True) -> str:
+    parts = [str(p) for p in loc if not (skip_body and p == "body")]
+    parts = [p for p in parts if p != "[key]"]
+    return ".".join(parts) or "(body)"
+
+
+def _got(value: Any) -> Any:
+    if isinstance(value, (int, bool)) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, str):
+        return value if len(value) <= MAX_GOT_CHARS else value[:MAX_GOT_CHARS] + "..."
+    text = repr(value)
+    return text if len(text) <= MAX_GOT_CHARS else f"<{type(value).__name__} of {len(value) if hasattr(value, '__len__') else '?'} items>"
+
+
+def _problem(err: dict) -> str:
+    loc = err.get("loc", ())
+    msg = err.get("msg", "invalid")
+    if err.get("type") == "string_pattern_mismatch":
+        if loc and loc[-1] in ("run", "project"):
+            return f"{loc[-1]} {NAME_HINT}"
+        if "[key]" in loc or (len(loc) >= 2 and loc[0] == "series"):
+            return METRIC_HINT
+    if loc[:1] == ("series",) and len(loc) == 4 and isinstance(loc[3], int) and loc[3] < 3:
+        part = ("step", "time", "value")[loc[3]]
+        if err.get("type") == "missing":
+            return f"each point is [step, time, value]: this one has no {part}"
+        return f"{part} of a [step, time, value] point: {msg}"
+    if err.get("type") == "too_long" and loc[:1] == ("series",) and len(loc) == 3:
+        return f"each point is [step, time, value]: {msg}"
+    if err.get("type") == "extra_forbidden":
+        return "unknown field (check the spelling; see docs/design.md, 'Wire format')"
+    return msg
+
+
+def details_from(errors: list[dict], skip_body: bool = True) -> list[dict]:
+    out = []
+    for err in errors[:MAX_DETAILS]:
+        item = {"field": field_path(err.get("loc", ()), skip_body), "problem": _problem(err)}
+        if "input" in err and err.get("type") not in ("missing", "json_invalid"):
+            item["got"] = _got(err["input"])
+        out.append(item)
+    if len(errors) > MAX_DETAILS:
+        out.append({"field": "(more)", "problem": f"{len(errors) - MAX_DETAILS} more problems not listed"})
+    return out
+
+
+def batch_error(errors: list[dict]) -> tuple[int, str, str, list[dict]]:
+    """(status, reason label, one-line error, details) for a batch that failed validation."""
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            ctx = err.get("ctx", {}) or {}
+            where = ctx.get("error", err.get("msg", ""))
+            return 400, "malformed_json", f"malformed JSON: {where}", [{"field": "(body)", "problem": str(where)}]
+    for err in errors:
+        loc = tuple(err.get("loc", ()))
+        if loc[:1] == ("schema_version",):
+            if err.get("type") == "missing":
+                msg = f"schema_version is missing: send \"schema_version\": {SCHEMA_VERSION}"
+            else:
+                msg = (
+                    f"unknown schema_version {_got(err.get('input'))!r}: this collector reads schema_version "
+                    f"{SCHEMA_VERSION}; upgrade the collector or use txwatch-hooks of the same version"
+                )
+            return 422, "schema_version", msg, [{"field": "schema_version", "problem": msg}]
+    details = details_from(errors, skip_body=False)
+    first = details[0]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return 422, "invalid", f"invalid batch: {first['field']}: {first['problem']}{more}", details
+
+
+async def request_validation_handler(request: Request, exc: RequestValidationError):
+    details = details_from(list(exc.errors()))
+    first = details[0] if details else {"field": "(request)", "problem": "invalid"}
+    return error_response(422, f"invalid request: {first['field']}: {first['problem']}", details)
+
+
+async def http_exception_handler(request: Request, exc: StarletteHTTPException):
+    detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail, default=str)
+    if exc.status_code == 401 and request.url.path == "/api/v1/ingest":
+        from txwatch import exporter
+
+        exporter.BATCHES_REJECTED.labels("unauthorized").inc()
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no such route: {request.method} {request.url.path} (the API lives under /api/v1; see /docs)"
+    if exc.status_code == 405 and detail == "Method Not Allowed":
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    return error_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+
+async def data_error_handler(request: Request, exc: Exception):
+    """A value the database cannot hold (an id past its integer range...): the request's fault, not ours."""
+    return error_response(422, "a value in the request is out of range for the database (check ids and numbers)")
+
+
+async def database_down_handler(request: Request, exc: Exception):
+    import logging
+
+    logging.getLogger(__name__).warning("database error on %s: %s", request.url.path, exc.__class__.__name__)
+    return error_response(503, "database unavailable; retry later", headers={"Retry-After": "5"})

@@ -1,0 +1,127 @@
+"""POST /api/v1/ingest: one batch from the hooks."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from txwatch import exporter
+from txwatch.api.deps import get_services, require_token
+from txwatch.api.errors import batch_error, error_response
+from txwatch.api.models import ERRORS, ErrorBody, IngestAck
+from txwatch.collector.schema import Batch
+from txwatch.services import Services
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+RETRY_AFTER_S = 5  # told to clients when the database is away; the hooks spool and retry
+
+
+def _batch_schema() -> dict:
+    schema = Batch.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return schema
+
+
+def batch_component_schemas() -> dict:
+    """The schemas the ingest body refers to, for the app's OpenAPI components."""
+    full = Batch.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = full.pop("$defs", {})
+    return {"Batch": full, **defs}
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int):
+        super().__init__(limit)
+        self.limit = limit
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The request body, refusing (``BodyTooLarge``) as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "/api/v1/ingest",
+    response_model=IngestAck,
+    dependencies=[Depends(require_token)],
+    summary="Store one batch from the hooks (idempotent on run, rank, seq)",
+    responses={**ERRORS, 413: {"model": ErrorBody, "description": "body larger than max_body_bytes"}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}},
+        }
+    },
+)
+async def ingest(request: Request, services: Services = Depends(get_services)):
+    limit = services.settings.max_body_bytes
+    try:
+        body = await read_limited(request, limit)
+    except BodyTooLarge:
+        exporter.BATCHES_REJECTED.labels("too_large").inc()
+        return error_response(
+            413,
+            f"request body larger than {limit} bytes (max_body_bytes): send smaller batches "
+            "(the hooks split them) or raise TXWATCH_MAX_BODY_BYTES",
+            [{"field": "(body)", "problem": f"more than {limit} bytes"}],
+        )
+    except ClientDisconnect:
+        return error_response(400, "the client went away before sending the whole body")
+    if not body.strip():
+        exporter.BATCHES_REJECTED.labels("malformed_json").inc()
+        return error_response(400, "empty body: send one batch as a JSON object",
+                              [{"field": "(body)", "problem": "empty"}])
+    exporter.INGEST_IN_FLIGHT.inc()
+    try:
+        return await run_in_threadpool(_validate_and_store, services, body)
+    finally:
+        exporter.INGEST_IN_FLIGHT.dec()
+
+
+def _validate_and_store(services: Services, body: bytes):
+    try:
+        batch = Batch.model_validate_json(body)
+    except ValidationError as exc:
+        status, reason, message, details = batch_error(exc.errors(include_url=False))
+        exporter.BATCHES_REJECTED.labels(reason).inc()
+        return error_response(status, message, details)
+    try:
+        result = services.collector.ingest(batch)
+    except SQLAlchemyError as exc:
+        exporter.BATCHES_REJECTED.labels("unavailable").inc()
+        _log_db_error(exc)
+        return error_response(
+            503, f"database unavailable ({exc.__class__.__name__}); the batch was not stored, retry later",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    return {"accepted": result.accepted, "duplicate": result.duplicate, "points": result.points}
+
+
+_last_db_log = [0.0]
+DB_ERROR_LOG_EVERY_S = 60.0  # a database outage is logged once a minute, not once per batch
+
+
+def _log_db_error(exc: Exception) -> None:
+    now = time.monotonic()
+    if now - _last_db_log[0] >= DB_ERROR_LOG_EVERY_S:
+        _last_db_log[0] = now
+        log.error("could not store a batch: %s", exc.__class__.__name__, exc_info=exc)

@@ -1,0 +1,138 @@
+"""Query routes: runs, one run, its series and points, the layer heatmap, diagnoses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from starlette.concurrency import run_in_threadpool
+
+from txwatch.api.deps import get_services, require_token
+from txwatch.api.models import ERRORS, DiagnosisList, Layers, RunDetail, RunList, SeriesList, SeriesPoints
+from txwatch.collector.schema import METRIC_PATTERN, NAME_PATTERN
+from txwatch.services import Services
+from txwatch.store import downsample, queries
+
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)], responses=ERRORS)
+
+ProjectName = Annotated[str, Path(pattern=NAME_PATTERN, description="project name")]
+RunName = Annotated[str, Path(pattern=NAME_PATTERN, description="run name")]
+Status = Literal["running", "finished", "crashed", "stalled", "vanished"]
+Severity = Literal["critical", "warning", "info"]
+State = Literal["pending", "firing", "resolved"]
+
+
+def _run(session, project: str, run: str):
+    try:
+        return queries.get_run(session, project, run)
+    except LookupError as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+@router.get("/runs", response_model=RunList, summary="Runs, newest first")
+async def list_runs(
+    services: Services = Depends(get_services),
+    project: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
+    status: Status | None = None,
+    since: Annotated[datetime | None, Query(description="started at or after (ISO 8601 or unix seconds)")] = None,
+    until: Annotated[datetime | None, Query(description="started at or before")] = None,
+    name: Annotated[str | None, Query(pattern=NAME_PATTERN, description="exact run name")] = None,
+    limit: Annotated[int, Query(ge=1, le=queries.MAX_RUN_LIMIT)] = queries.DEFAULT_RUN_LIMIT,
+):
+    def work():
+        with services.session_factory() as s:
+            return {"runs": queries.list_runs(s, project, status, since, until, name, limit)}
+
+    return _plain(await run_in_threadpool(work))
+
+
+@router.get("/runs/{project}/{run}", response_model=RunDetail, summary="One run: config and summary")
+async def get_run(project: ProjectName, run: RunName, services: Services = Depends(get_services)):
+    def work():
+        with services.session_factory() as s:
+            r, p = _run(s, project, run)
+            return queries.run_detail(s, r, p)
+
+    return _plain(await run_in_threadpool(work))
+
+
+@router.get("/runs/{project}/{run}/series", response_model=SeriesList, summary="The run's series")
+async def list_series(project: ProjectName, run: RunName, services: Services = Depends(get_services)):
+    def work():
+        with services.session_factory() as s:
+            r, _ = _run(s, project, run)
+            return {"series": queries.list_series(s, r)}
+
+    return _plain(await run_in_threadpool(work))
+
+
+@router.get(
+    "/runs/{project}/{run}/series/{name:path}",
+    response_model=SeriesPoints,
+    summary="Points of one series, downsampled (min/max per bucket) past max_points",
+)
+async def series_points(
+    project: ProjectName,
+    run: RunName,
+    name: Annotated[str, Path(pattern=METRIC_PATTERN, description="series name, e.g. loss or grad_norm/fc.weight")],
+    services: Services = Depends(get_services),
+    max_points: Annotated[int, Query(ge=2, le=downsample.MAX_MAX_POINTS)] = downsample.DEFAULT_MAX_POINTS,
+    start: Annotated[int | None, Query(ge=0, le=2**62, description="first step")] = None,
+    end: Annotated[int | None, Query(ge=0, le=2**62, description="last step")] = None,
+    raw: Annotated[bool, Query(description="the first max_points raw points from start (for paging)")] = False,
+):
+    def work():
+        with services.session_factory() as s:
+            r, p = _run(s, project, run)
+            try:
+                series = queries.get_series(s, r, name)
+            except LookupError as exc:
+                raise HTTPException(404, str(exc)) from None
+            if raw:
+                out = downsample.raw_page(s, series, start or 0, end, max_points)
+            else:
+                out = downsample.series_points(s, series, max_points, start, end)
+            return {"project": p, "run": r.name, "name": name, **out}
+
+    return _plain(await run_in_threadpool(work))
+
+
+@router.get("/runs/{project}/{run}/layers", response_model=Layers, summary="Heatmap: layers x step buckets")
+async def layers(
+    project: ProjectName,
+    run: RunName,
+    services: Services = Depends(get_services),
+    metric: Annotated[str, Query(pattern=r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,99}$")] = "grad_norm",
+    max_steps: Annotated[int, Query(ge=1, le=5000)] = 200,
+):
+    def work():
+        with services.session_factory() as s:
+            r, _ = _run(s, project, run)
+            return downsample.layer_heatmap(s, r.id, metric, max_steps)
+
+    return _plain(await run_in_threadpool(work))
+
+
+@router.get("/diagnoses", response_model=DiagnosisList, summary="Diagnoses, newest first")
+async def list_diagnoses(
+    services: Services = Depends(get_services),
+    project: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
+    run: Annotated[str | None, Query(max_length=401, description="run name, or project/run")] = None,
+    rule: Annotated[str | None, Query(max_length=100)] = None,
+    severity: Severity | None = None,
+    state: State | None = None,
+    limit: Annotated[int, Query(ge=1, le=queries.MAX_RUN_LIMIT)] = 1000,
+):
+    def work():
+        with services.session_factory() as s:
+            return {"diagnoses": queries.list_diagnoses(s, project, run, rule, severity, state, limit)}
+
+    return _plain(await run_in_threadpool(work))
+
+
+def _plain(content):
+    """Return JSON as is (NaN allowed), skipping FastAPI's re-validation against the documented model."""
+    from txwatch.api.errors import NaNJSONResponse
+
+    return NaNJSONResponse(content)

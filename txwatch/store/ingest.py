@@ -1,0 +1,403 @@
+"""Writing one validated batch into the database, in the caller's transaction.
+
+Per batch: the idempotency row (``batches``) first, so a replay stops before writing anything; then series
+rows, points, rollups, series counters and the run row. Rows are locked in one order (series by id, then the
+run) and new series are created in name order, so two collectors on one PostgreSQL never deadlock.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from dataclasses import dataclass, field
+from itertools import chain
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from txwatch.collector.schema import Batch
+from txwatch.store import rollup
+from txwatch.store.models import Batch as BatchRow
+from txwatch.store.models import Project, Run, Series
+
+log = logging.getLogger(__name__)
+
+IN_CHUNK = 5000
+SQLITE_ROWS_PER_INSERT = 200  # 800 bound parameters per statement, far below SQLite's 32766  # ids per IN (...) list: below SQLite's and PostgreSQL's bound-parameter limits
+
+_POINT_COLS = "step, time, value, series_id"
+_ROLLUP_COLS = ("series_id", "level") + rollup.COLUMNS
+# Incremental merge of a new summary into a stored one. Every right-hand side sees the old row (SQL UPDATE
+# semantics), so the CASE conditions can refer to rollups.vmin while vmin itself is being assigned.
+_VMIN_WINS = "(rollups.vmin IS NULL OR excluded.vmin < rollups.vmin)"
+_VMAX_WINS = "(rollups.vmax IS NULL OR excluded.vmax > rollups.vmax)"
+_NAN_WINS = "(rollups.nan_step IS NULL OR excluded.nan_step < rollups.nan_step)"
+_ROLLUP_TYPES = ("int4", "int4", "int8", "int4", "int4", "int8", "int8", "int8", "float8",
+                 "float8", "int8", "float8", "float8", "int8", "float8", "float8")
+_ROLLUP_ON_CONFLICT = (
+    " ON CONFLICT (series_id, level, block) DO UPDATE SET "
+    "n = rollups.n + excluded.n, nans = rollups.nans + excluded.nans, "
+    "first_step = CASE WHEN excluded.first_step < rollups.first_step THEN excluded.first_step ELSE rollups.first_step END, "
+    "last_step = CASE WHEN excluded.last_step > rollups.last_step THEN excluded.last_step ELSE rollups.last_step END, "
+    f"nan_step = CASE WHEN {_NAN_WINS} AND excluded.nan_step IS NOT NULL THEN excluded.nan_step ELSE rollups.nan_step END, "
+    f"nan_time = CASE WHEN {_NAN_WINS} AND excluded.nan_step IS NOT NULL THEN excluded.nan_time ELSE rollups.nan_time END, "
+    f"vmin = CASE WHEN {_VMIN_WINS} AND excluded.vmin IS NOT NULL THEN excluded.vmin ELSE rollups.vmin END, "
+    f"vmin_step = CASE WHEN {_VMIN_WINS} AND excluded.vmin IS NOT NULL THEN excluded.vmin_step ELSE rollups.vmin_step END, "
+    f"vmin_time = CASE WHEN {_VMIN_WINS} AND excluded.vmin IS NOT NULL THEN excluded.vmin_time ELSE rollups.vmin_time END, "
+    f"vmax = CASE WHEN {_VMAX_WINS} AND excluded.vmax IS NOT NULL THEN excluded.vmax ELSE rollups.vmax END, "
+    f"vmax_step = CASE WHEN {_VMAX_WINS} AND excluded.vmax IS NOT NULL THEN excluded.vmax_step ELSE rollups.vmax_step END, "
+    f"vmax_time = CASE WHEN {_VMAX_WINS} AND excluded.vmax IS NOT NULL THEN excluded.vmax_time ELSE rollups.vmax_time END, "
+    "vsum = CASE WHEN excluded.vsum IS NULL THEN rollups.vsum WHEN rollups.vsum IS NULL THEN excluded.vsum "
+    "ELSE rollups.vsum + excluded.vsum END"
+)
+_ROLLUP_MERGE_SQLITE = (
+    f"INSERT INTO rollups ({', '.join(_ROLLUP_COLS)}) VALUES ({', '.join('?' for _ in _ROLLUP_COLS)})"
+    + _ROLLUP_ON_CONFLICT
+)
+# PostgreSQL: one statement over column arrays (executemany would be one round trip per row)
+_ROLLUP_MERGE_PG = (
+    f"INSERT INTO rollups ({', '.join(_ROLLUP_COLS)}) "
+    f"SELECT * FROM unnest({', '.join('%s::' + t + '[]' for t in _ROLLUP_TYPES)})" + _ROLLUP_ON_CONFLICT
+)
+_SERIES_UPDATE = text(
+    "UPDATE series SET points = points + :n, last_step = :last_step, last_value = :last_value, "
+    "last_time = :last_time WHERE id = :id"
+)
+
+
+def utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Written:
+    """What one batch wrote: points stored and the series ids it used (name -> id)."""
+
+    points: int
+    series_ids: dict[str, int] = field(default_factory=dict)
+    max_step: int | None = None
+
+
+class BatchWriter:
+    """Dialect-aware statements for ingest (SQLite and PostgreSQL)."""
+
+    def __init__(self, dialect: str):
+        if dialect not in ("sqlite", "postgresql"):
+            raise ValueError(f"unsupported database {dialect!r}: txwatch stores runs in SQLite or PostgreSQL")
+        self.dialect = dialect
+        self._ins = sqlite.insert if dialect == "sqlite" else postgresql.insert
+        # Statements built once: constructing SQLAlchemy statements per batch cost more than executing
+        # them for small batches (100 runs x 1 batch/s)
+        self._claim_stmt = (
+            self._ins(BatchRow.__table__)
+            .on_conflict_do_nothing(index_elements=["run_id", "rank", "seq"])
+            .returning(BatchRow.seq)  # a row back means inserted; nothing back means it was already there
+        )
+        self._lock_stmt = (
+            select(Series.id, Series.last_step, Series.last_value, Series.last_time, Series.downsampled_before)
+            .where(Series.id.in_(bindparam("ids", expanding=True)))
+            .order_by(Series.id)
+            .with_for_update(key_share=True)  # FOR NO KEY UPDATE: does not block foreign-key checks
+        )
+        self._run_stmt = (
+            select(Run.status, Run.steps, Run.config, Run.info, Run.ended, Run.client_stats)
+            .where(Run.id == bindparam("rid"))
+            .with_for_update(key_share=True)
+        )
+        self._run_update = update(Run).where(Run.id == bindparam("rid"))
+        if dialect == "sqlite":
+            self._points_insert = f"INSERT INTO points ({_POINT_COLS}) VALUES (?, ?, ?, ?)"
+            self._points_insert_many = f"INSERT INTO points ({_POINT_COLS}) VALUES " + ", ".join(
+                ["(?, ?, ?, ?)"] * SQLITE_ROWS_PER_INSERT
+            )
+            self._points_upsert = (
+                self._points_insert
+                + " ON CONFLICT (series_id, step) DO UPDATE SET time = excluded.time, value = excluded.value"
+            )
+        else:
+            self._points_upsert = (
+                f"INSERT INTO points ({_POINT_COLS}) "
+                "SELECT * FROM unnest(%s::int8[], %s::float8[], %s::float8[], %s::int4[]) "
+                "ON CONFLICT (series_id, step) DO UPDATE SET time = excluded.time, value = excluded.value"
+            )
+
+    # -- projects, runs, series ---------------------------------------------------------------------------
+
+    def ensure_run(self, conn: Connection, batch: Batch, now: datetime) -> int:
+        """The run's id, creating the project and run rows if they are new (safe against a racing collector)."""
+        conn.execute(
+            self._ins(Project.__table__)
+            .values(name=batch.project, created=now)
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        project_id = conn.execute(select(Project.id).where(Project.name == batch.project)).scalar_one()
+        started = _started(batch, now)
+        conn.execute(
+            self._ins(Run.__table__)
+            .values(
+                project_id=project_id, name=batch.run, config={}, info={}, status="running",
+                started=started, last_seen=now, steps=0, client_stats={},
+            )
+            .on_conflict_do_nothing(index_elements=["project_id", "name"])
+        )
+        return conn.execute(
+            select(Run.id).where(Run.project_id == project_id, Run.name == batch.run)
+        ).scalar_one()
+
+    def _ensure_series(self, conn: Connection, run_id: int, names: list[str], known: dict[str, int]) -> dict[str, int]:
+        missing = sorted(n for n in names if n not in known)
+        ids = {n: known[n] for n in names if n in known}
+        if not missing:
+            return ids
+        conn.execute(
+            self._ins(Series.__table__).on_conflict_do_nothing(index_elements=["run_id", "name"]),
+            [{"run_id": run_id, "name": n, "points": 0} for n in missing],
+        )
+        for chunk in _chunks(missing):
+            for sid, name in conn.execute(
+                select(Series.id, Series.name).where(Series.run_id == run_id, Series.name.in_(chunk))
+            ):
+                ids[name] = sid
+        return ids
+
+    # -- one batch ------------------------------------------------------------------------------------------
+
+    def claim(self, conn: Connection, run_id: int, batch: Batch, now: datetime) -> bool:
+        """Insert the idempotency row; False when (run, rank, seq) was already stored (a replay)."""
+        result = conn.execute(
+            self._claim_stmt,
+            {"run_id": run_id, "rank": batch.rank, "seq": batch.seq, "received": now, "points": batch.point_count()},
+        )
+        return result.first() is not None
+
+    def write(self, conn: Connection, run_id: int, batch: Batch, known_series: dict[str, int], now: datetime) -> Written:
+        """Store the batch's points, rollups, series counters and run changes (after ``claim``)."""
+        names = [n for n, pts in batch.series.items() if pts]
+        ids = self._ensure_series(conn, run_id, names, known_series)
+        old = self._lock_series(conn, sorted(ids.values()))
+        fresh_rows: list[tuple] = []
+        upserts: list[tuple[int, list[tuple]]] = []
+        rollup_rows: list[tuple] = []
+        series_updates: list[dict[str, Any]] = []
+        total = 0
+        max_step: int | None = None
+        for name in names:
+            sid = ids[name]
+            rows = _rows(batch.series[name], sid)
+            last_step, last_value, last_time, thinned_below = old[sid]
+            is_fresh = last_step is None or rows[0][0] > last_step
+            if is_fresh:
+                fresh_rows.extend(rows)
+                new = len(rows)
+                for level, summaries in rollup.all_levels(rows).items():
+                    rollup_rows.extend(_rollup_params(sid, level, summaries))
+            else:
+                new = len(rows) - self._count_existing(conn, sid, [r[0] for r in rows])
+                upserts.append((sid, rows))
+            total += len(rows)
+            top = rows[-1]
+            if last_step is None or top[0] >= last_step:
+                last_step, last_value, last_time = top[0], top[2], top[1]
+            if max_step is None or top[0] > max_step:
+                max_step = top[0]
+            series_updates.append(
+                {"id": sid, "n": new, "last_step": last_step, "last_value": last_value, "last_time": last_time}
+            )
+        if fresh_rows:
+            self._insert_points(conn, fresh_rows)
+        for sid, rows in upserts:
+            self._upsert_points(conn, rows)
+            rollup_rows.extend(self._recompute_rollups(conn, sid, rows, old[sid][3]))
+        if rollup_rows:
+            self._merge_rollups(conn, rollup_rows)
+        if series_updates:
+            conn.execute(_SERIES_UPDATE, series_updates)
+        self._update_run(conn, run_id, batch, now, max_step)
+        return Written(points=total, series_ids=ids, max_step=max_step)
+
+    def _lock_series(self, conn: Connection, ids: list[int]) -> dict[int, tuple]:
+        out: dict[int, tuple] = {}
+        for chunk in _chunks(ids):
+            q = self._lock_stmt
+            for sid, *rest in conn.execute(q, {"ids": chunk}):
+                out[sid] = tuple(rest)
+        return out
+
+    def _count_existing(self, conn: Connection, sid: int, steps: list[int]) -> int:
+        n = 0
+        for chunk in _chunks(steps):
+            n += conn.execute(
+                text("SELECT count(*) FROM points WHERE series_id = :sid AND step IN :steps").bindparams(
+                    _expanding("steps")
+                ),
+                {"sid": sid, "steps": chunk},
+            ).scalar_one()
+        return n
+
+    def _insert_points(self, conn: Connection, rows: list[tuple]) -> None:
+        dbapi = conn.connection.dbapi_connection
+        if self.dialect == "sqlite":
+            # Multi-row VALUES: binding 200 rows per statement saves a third of the per-row overhead
+            # of executemany (measured: 200k points 0.62 s -> 0.45 s)
+            k = SQLITE_ROWS_PER_INSERT
+            full = len(rows) // k * k
+            cur = dbapi.cursor()
+            try:
+                if full:
+                    flat = list(chain.from_iterable(rows[:full]))
+                    step = 4 * k
+                    cur.executemany(self._points_insert_many, [flat[i : i + step] for i in range(0, len(flat), step)])
+                if full < len(rows):
+                    cur.executemany(self._points_insert, rows[full:])
+            finally:
+                cur.close()
+            return
+        # PostgreSQL: binary COPY is 4x faster than INSERT for thousands of rows
+        with dbapi.cursor() as cur, cur.copy(f"COPY points ({_POINT_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["int8", "float8", "float8", "int4"])
+            for row in rows:
+                copy.write_row(row)
+
+    def _upsert_points(self, conn: Connection, rows: list[tuple]) -> None:
+        if self.dialect == "sqlite":
+            conn.exec_driver_sql(self._points_upsert, rows)
+        else:
+            cols = tuple(list(c) for c in zip(*rows))
+            conn.exec_driver_sql(self._points_upsert, cols)
+
+    def _merge_rollups(self, conn: Connection, rows: list[tuple]) -> None:
+        if self.dialect == "sqlite":
+            conn.exec_driver_sql(_ROLLUP_MERGE_SQLITE, rows)
+        else:
+            conn.exec_driver_sql(_ROLLUP_MERGE_PG, tuple(list(c) for c in zip(*rows)))
+
+    def _recompute_rollups(self, conn: Connection, sid: int, rows: list[tuple], thinned_below: int | None) -> list[tuple]:
+        """Summaries of the blocks an overwrite touched, rebuilt from the raw points (last write wins)."""
+        lo, hi = rows[0][0], rows[-1][0]
+        if thinned_below is not None and lo < thinned_below:
+            # raw points below the retention mark are gone: merge into the summaries instead of rebuilding
+            out = []
+            for level, summaries in rollup.all_levels(rows).items():
+                out.extend(_rollup_params(sid, level, summaries))
+            return out
+        top = rollup.LEVELS[-1]
+        start = (lo // top) * top
+        end = (hi // top + 1) * top
+        conn.execute(
+            text("DELETE FROM rollups WHERE series_id = :sid AND block >= :start / level AND block < :end / level"),
+            {"sid": sid, "start": start, "end": end},
+        )
+        raw = conn.execute(
+            text(
+                "SELECT step, time, value FROM points WHERE series_id = :sid AND step >= :start AND step < :end "
+                "ORDER BY step"
+            ),
+            {"sid": sid, "start": start, "end": end},
+        ).all()
+        out = []
+        for level, summaries in rollup.all_levels(raw).items():
+            out.extend(_rollup_params(sid, level, summaries))
+        return out
+
+    def _update_run(self, conn: Connection, run_id: int, batch: Batch, now: datetime, max_step: int | None) -> None:
+        run = conn.execute(self._run_stmt, {"rid": run_id}).one()
+        values: dict[str, Any] = {"last_seen": now}
+        steps = run.steps
+        if max_step is not None and max_step > steps:
+            steps = max_step
+        status = run.status
+        if status in ("stalled", "vanished"):
+            status = "running"  # it spoke again
+        for event in batch.events:
+            if event.step is not None and event.step > steps:
+                steps = event.step
+            if event.kind == "start":
+                if status != "running" and (run.ended is None or utc(event.time) > run.ended):
+                    status = "running"  # a resumed run (same name, started again after it ended)
+                    values.update(ended=None, end_reason=None, error_type=None, error_message=None, end_memory=None)
+            elif event.kind == "end":
+                reason = event.status or "finished"
+                status = "finished" if reason == "finished" else "crashed"
+                values.update(
+                    ended=utc(event.time),
+                    end_reason=reason,
+                    error_type=event.error.type if event.error else None,
+                    error_message=event.error.message if event.error else None,
+                    end_memory=json_safe(event.memory),
+                )
+        if status != run.status:
+            values["status"] = status
+        if steps != run.steps:
+            values["steps"] = steps
+        if batch.run_info is not None:
+            info = json_safe(batch.run_info.model_dump(exclude_none=True))
+            config = info.pop("config", None)
+            if config:
+                values["config"] = {**(run.config or {}), **config}
+            merged = {**(run.info or {}), **info}
+            if merged != run.info:
+                values["info"] = merged
+            if batch.run_info.host:
+                values["host"] = batch.run_info.host
+            if batch.run_info.started is not None and batch.seq == 0:
+                values["started"] = utc(batch.run_info.started)
+        if batch.client is not None:
+            stats = dict(run.client_stats or {})
+            stats[str(batch.rank)] = json_safe(batch.client.model_dump())
+            values["client_stats"] = stats
+        conn.execute(self._run_update, {"rid": run_id, **values})
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as the strings "NaN", "Infinity", "-Infinity": PostgreSQL's JSON
+    types refuse those literals, and config, memory and client figures go into JSON columns."""
+    if isinstance(value, float):
+        if value != value:
+            return "NaN"
+        if value in (float("inf"), float("-inf")):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _rows(points: list, sid: int) -> list[tuple]:
+    """(step, time, stored value, series id) rows sorted by step, one per step (the last sent wins)."""
+    rows = [(s, t, v if v == v else None, sid) for s, t, v in points]
+    steps = [r[0] for r in rows]
+    if not all(map(operator.lt, steps, steps[1:])):  # the hooks send steps in order; users may not
+        rows = sorted({r[0]: r for r in rows}.values())
+    return rows
+
+
+def _rollup_params(sid: int, level: int, summaries: list[list]) -> list[tuple]:
+    return [(sid, level, *s) for s in summaries]
+
+
+def _started(batch: Batch, now: datetime) -> datetime:
+    if batch.run_info is not None and batch.run_info.started is not None:
+        return utc(batch.run_info.started)
+    for event in batch.events:
+        if event.kind == "start":
+            return utc(event.time)
+    return now
+
+
+def _chunks(seq: list, size: int = IN_CHUNK):
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+def _expanding(name: str):
+    from sqlalchemy import bindparam
+
+    return bindparam(name, expanding=True)
