@@ -1,0 +1,21 @@
+"""txwatch: watch PyTorch training jobs and say, early and in plain words, what is going wrong and why.
+
+``txwatch.watch`` and ``txwatch.Monitor`` come from the training-side hooks (``txwatch_hooks``). They are
+loaded on first use, so the CLI and the collector do not import torch.
+"""
+
+from typing import Any
+
+__all__ = ["Monitor", "watch"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        import txwatch_hooks
+
+        return getattr(txwatch_hooks, name)
+    raise AttributeError(f"module 'txwatch' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

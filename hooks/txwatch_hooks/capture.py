@@ -1,0 +1,275 @@
+"""The hooks on the model and the optimizer: step counting, timing, learning rates, gradients, updates.
+
+Timeline of one optimizer step k and what is captured where:
+
+    [waiting for data] forward ─ backward ─ (clip) ─ optimizer.step() ─ [zero_grad, log, next batch] ...
+     └ data_wait: from the end of the previous step (or backward) to the next forward
+                        backward end: grad norms (sampled steps) ─┘   pre-hook: parameter copy (update steps)
+                                                                       post-hook: step, lr, times, update sizes
+
+Gradient norms are taken when backward finishes (an autograd engine callback, queued from a
+post-accumulate-grad hook), which is before any clipping: ``clip_grad_norm_`` cannot hide a spike. With
+gradient accumulation the last backward before the step wins, i.e. the accumulated gradient. Off-cadence
+steps cost O(1): one post-accumulate-grad hook on one parameter, a forward pre-hook and the two step hooks.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Callable
+
+import torch
+from torch.autograd import Variable
+
+from txwatch_hooks import wire
+from txwatch_hooks.grads import Snapshot, grad_stats
+from txwatch_hooks.guard import Guard
+from txwatch_hooks.options import Options
+from txwatch_hooks.records import Points, SampledStep
+
+_BAD_LAYER_CHARS = re.compile(r"[^A-Za-z0-9_.:\-/\[\]]")
+
+
+def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside framework wrappers (Lightning's LightningOptimizer, accelerate's
+    AcceleratedOptimizer): the step hooks must sit on the object whose ``step`` really runs."""
+    seen = 0
+    while seen < 5:
+        inner = getattr(optimizer, "optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer):
+            inner = getattr(optimizer, "_optimizer", None)
+        if isinstance(inner, torch.optim.Optimizer) and inner is not optimizer:
+            optimizer, seen = inner, seen + 1
+            continue
+        break
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer (or a wrapper of one), not {type(optimizer)!r}")
+    return optimizer
+
+
+def layer_name(name: str) -> str:
+    return _BAD_LAYER_CHARS.sub("_", name)[:300] or "_"
+
+
+class Capture:
+    """Registers the hooks and turns what they see into queued records (``submit``)."""
+
+    def __init__(self, model: torch.nn.Module | None, options: Options, guard: Guard,
+                 submit: Callable[[Any], bool], *, model_metrics: bool = True):
+        self.model = model
+        self.options = options
+        self.guard = guard
+        self._submit = submit
+        self.model_metrics = model_metrics
+        self.step = 0
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._params: list[torch.nn.Parameter] = []
+        self._names: list[str] = []
+        self._lr_names: list[str] = []
+        self._handles: list[Any] = []
+        self._grad_handles: list[Any] = []
+        self._busy_end: float | None = None  # when the last forward/backward/step finished
+        self._wait = 0.0  # data wait accumulated in the current step
+        self._last_post: float | None = None
+        self._bw_queued = False
+        self._grads_armed = False  # the coming step is a gradient-sampling step
+        self._pending: tuple[list, list] | None = None  # grad norms of the latest backward
+        self._snapshot: Snapshot | None = None
+        self._closed = False
+        if model is not None:
+            self._handles.append(model.register_forward_pre_hook(self._on_forward_pre))
+
+    # -- setup --------------------------------------------------------------------------------------------
+
+    def attach_optimizer(self, optimizer: Any) -> None:
+        """Hook ``optimizer`` (once); its parameters are named after the model's ``named_parameters()``."""
+        optimizer = unwrap_optimizer(optimizer)
+        if self.optimizer is optimizer:
+            return
+        if self.optimizer is not None:
+            raise ValueError("this monitor already watches an optimizer; one monitor follows one optimizer")
+        self.optimizer = optimizer
+        names = {}
+        if self.model is not None:
+            names = {id(p): layer_name(n) for n, p in self.model.named_parameters()}
+        seen = set()
+        for g, group in enumerate(optimizer.param_groups):
+            for i, p in enumerate(group["params"]):
+                if id(p) in seen or not p.requires_grad:
+                    continue
+                seen.add(id(p))
+                self._params.append(p)
+                self._names.append(names.get(id(p), f"group{g}.param{i}"))
+        self._lr_names = [f"{wire.LR}{g}" for g in range(len(optimizer.param_groups))]
+        self._handles.append(optimizer.register_step_pre_hook(self._on_step_pre))
+        self._handles.append(optimizer.register_step_post_hook(self._on_step_post))
+        if self._params:
+            # the sentinel: one parameter tells us each backward has started, so its end can be observed
+            self._handles.append(self._params[0].register_post_accumulate_grad_hook(self._on_grad))
+        self._arm(self.step + 1)
+
+    def close(self) -> None:
+        self._closed = True
+        for handle in self._handles + self._grad_handles:
+            try:
+                handle.remove()
+            except Exception:
+                pass
+        self._handles, self._grad_handles = [], []
+        self._snapshot = None
+        self._pending = None
+
+    def set_step(self, step: int) -> None:
+        self.step = step
+        if self._snapshot is not None and not self._due(step + 1, self.options.update_every):
+            self._snapshot = None
+        if self.optimizer is not None and not self.guard.is_off("gradient capture"):
+            try:
+                self._arm(step + 1)
+            except Exception as exc:
+                self.guard.fail("gradient capture", exc)
+
+    def note_batch_start(self) -> None:
+        """A batch is in hand and compute starts now (integrations call this; forwards do it too)."""
+        busy_end = self._busy_end
+        if busy_end is not None:
+            self._wait += time.perf_counter() - busy_end
+            self._busy_end = None
+        self._bw_queued = False  # a backward that raised never ran its end callback
+
+    # -- sampling -----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _due(step: int, every: int) -> bool:
+        return every > 0 and (step == 1 or step % every == 0)
+
+    def _arm(self, step: int) -> None:
+        """Hook every parameter for the coming step if it samples gradients (robust to an unused sentinel)."""
+        want = self.model_metrics and self._due(step, self.options.grad_every)
+        self._grads_armed = want
+        if want and not self._grad_handles:
+            self._grad_handles = [p.register_post_accumulate_grad_hook(self._on_grad) for p in self._params[1:]]
+        elif not want and self._grad_handles:
+            for handle in self._grad_handles:
+                handle.remove()
+            self._grad_handles = []
+
+    # -- hooks (training thread, or autograd's threads for backward) ---------------------------------------
+
+    def _on_forward_pre(self, module: Any, args: Any) -> None:
+        if self._closed:
+            return
+        try:
+            self.note_batch_start()
+        except Exception as exc:  # pragma: no cover - arithmetic on floats
+            self.guard.fail("data-wait timing", exc)
+
+    def _on_grad(self, param: Any) -> None:
+        if self._bw_queued or self._closed:
+            return
+        try:
+            self._bw_queued = True
+            Variable._execution_engine.queue_callback(self._on_backward_end_first)
+        except Exception as exc:
+            self.guard.fail("backward hook", exc)
+
+    def _on_backward_end_first(self) -> None:
+        # Queued at this backward's first gradient. Go to the back of the queue once more, so that callbacks
+        # queued later in the same backward run first: DDP's reducer writes the all-reduced gradients there.
+        try:
+            Variable._execution_engine.queue_callback(self._on_backward_end)
+        except Exception:
+            self._on_backward_end()
+
+    def _on_backward_end(self) -> None:
+        try:
+            self._bw_queued = False
+            self._busy_end = time.perf_counter()
+            if self._grads_armed and not self.guard.is_off("gradient capture"):
+                names, grads = [], []
+                for name, p in zip(self._names, self._params):
+                    g = p.grad
+                    if g is not None and not g.is_sparse:
+                        names.append(name)
+                        grads.append(g.detach())
+                self._pending = grad_stats(names, grads) if grads else None
+        except Exception as exc:  # never let it surface from loss.backward()
+            self.guard.fail("gradient capture", exc)
+
+    def _on_step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._closed or not self.model_metrics or self.guard.is_off("update ratio"):
+            return
+        try:
+            if self._due(self.step + 1, self.options.update_every):
+                # every trainable parameter: under Lightning this hook runs before the closure's backward,
+                # so which ones get a gradient is only known in the post-hook
+                if self._snapshot is None:
+                    self._snapshot = Snapshot(self._names, self._params)
+                self._snapshot.take()
+        except Exception as exc:
+            self._snapshot = None
+            self.guard.fail("update ratio", exc)
+
+    def _on_step_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._closed:
+            return
+        self.step += 1
+        step = self.step
+        now = time.perf_counter()
+        wall = time.time()
+        if self.model_metrics and not self.guard.is_off("step metrics"):
+            try:
+                self._step_points(step, now, wall)
+            except Exception as exc:
+                self.guard.fail("step metrics", exc)
+        self._last_post = now
+        self._busy_end = now
+        self._wait = 0.0
+        self._bw_queued = False
+        try:
+            self._sampled_points(step, wall)
+        except Exception as exc:
+            self.guard.fail("gradient capture", exc)
+        finally:
+            self._pending = None
+            if self._snapshot is not None and not self._due(step + 1, self.options.update_every):
+                self._snapshot = None  # free the copy: the next step does not sample updates
+        if not self.guard.is_off("gradient capture"):
+            try:
+                self._arm(step + 1)
+            except Exception as exc:
+                self.guard.fail("gradient capture", exc)
+
+    def _step_points(self, step: int, now: float, wall: float) -> None:
+        values: dict[str, Any] = {}
+        for name, group in zip(self._lr_names, self.optimizer.param_groups):
+            lr = group.get("lr")
+            if isinstance(lr, torch.Tensor):
+                lr = lr.detach().clone()  # schedulers update tensor learning rates in place
+            if lr is not None:
+                values[name] = lr
+        if self._last_post is not None:
+            step_time = now - self._last_post
+            values[wire.STEP_TIME] = step_time
+            values[wire.DATA_WAIT] = self._wait
+            if step_time > 0:
+                values[wire.DATA_WAIT_SHARE] = min(self._wait / step_time, 1.0)
+        if values:
+            self._submit(Points(step, wall, values))
+
+    def _sampled_points(self, step: int, wall: float) -> None:
+        pending, snapshot = self._pending, self._snapshot
+        if snapshot is not None and not snapshot.taken:
+            snapshot = None
+        if pending is None and snapshot is None:
+            return
+        updates = None
+        if snapshot is not None and not self.guard.is_off("update ratio"):
+            try:
+                updates = snapshot.finish([p.grad is not None for p in self._params])
+            except Exception as exc:
+                self.guard.fail("update ratio", exc)
+        grads, nonfinite = pending if pending is not None else (None, None)
+        if grads or updates:
+            self._submit(SampledStep(step, wall, grads, nonfinite, updates, self.options.layers))

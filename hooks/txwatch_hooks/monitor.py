@@ -1,0 +1,314 @@
+"""``watch()`` and the ``Monitor`` it returns: the one object a training script holds."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import operator
+import os
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from txwatch_hooks import crash, wire
+from txwatch_hooks.capture import Capture
+from txwatch_hooks.distributed import rank_info, shared_run_name
+from txwatch_hooks.guard import Guard
+from txwatch_hooks.options import Options, resolve_endpoint, resolve_token
+from txwatch_hooks.records import Event, Points
+from txwatch_hooks.senders import EmbeddedSender, HttpSender, NullSender, ObjectSender
+from txwatch_hooks.spool import Spool
+from txwatch_hooks.system import SystemSampler, memory_figures
+from txwatch_hooks.transport import Transport
+
+log = logging.getLogger("txwatch_hooks")
+
+DEFAULT_PROJECT = "default"
+
+
+def watch(model: torch.nn.Module, optimizer: Any = None, *, run: str | None = None, project: str | None = None,
+          config: Mapping[str, Any] | None = None, endpoint: str | None = None, token: str | None = None,
+          **sampling: Any) -> Monitor:
+    """Start watching a training job; returns a ``Monitor`` (also a context manager).
+
+    Args:
+        model: the ``torch.nn.Module`` being trained (its parameter names label the per-layer series).
+        optimizer: the ``torch.optim.Optimizer`` (or a Lightning/accelerate wrapper); its ``step()`` counts
+            steps. Without one, each ``monitor.log()`` without ``step=`` is a new step.
+        run: run name (default: TXWATCH_RUN, else a generated readable one; see ``distributed`` for torchrun).
+        project: project name (default: TXWATCH_PROJECT, else "default").
+        config: the run's hyperparameters (JSON-able; other values are recorded as their ``str()``).
+        endpoint: collector URL (default: TXWATCH_ENDPOINT). Without one, the collector runs in this process
+            when the full ``txwatch`` package is installed; otherwise batches wait in the local spool.
+        token: the collector's bearer token (default: TXWATCH_TOKEN).
+        **sampling: sampling and transport options, see ``txwatch_hooks.options.Options``.
+
+    Raises TypeError/ValueError at once for bad arguments (unknown option, bad name, bad endpoint). Nothing
+    that happens later, while training, raises: failures are logged once and monitoring degrades.
+    """
+    options = Options.from_kwargs(sampling)
+    return Monitor(model, optimizer, run=run, project=project, config=config, endpoint=endpoint, token=token,
+                   options=options)
+
+
+class Monitor:
+    """A watched run. Use ``log()`` for your own metrics, ``close()`` (or ``with``) when training ends.
+
+    Attributes: ``run``, ``project``, ``rank``, ``world_size``, ``step`` (current step), ``dropped`` (what was
+    dropped, by reason). Under torchrun, rank 0 reports model metrics and ``log()`` values; every rank
+    reports its own device figures and lifecycle events.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: Any = None, *, run: str | None = None,
+                 project: str | None = None, config: Mapping[str, Any] | None = None, endpoint: str | None = None,
+                 token: str | None = None, options: Options | None = None):
+        options = options or Options()
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        if config is not None and not isinstance(config, Mapping):
+            if hasattr(config, "__dict__"):  # argparse.Namespace, simple objects
+                config = vars(config)
+            else:
+                raise TypeError(f"config must be a dict of the run's settings, not {type(config).__name__}")
+        ranks = rank_info()
+        self.rank, self.world_size = ranks.rank, ranks.world_size
+        self.project = wire.check_name("project", project or os.environ.get("TXWATCH_PROJECT") or DEFAULT_PROJECT)
+        self.run = wire.check_name("run", run or os.environ.get("TXWATCH_RUN") or shared_run_name(ranks))
+        url = resolve_endpoint(endpoint)
+        secret = resolve_token(token)
+        self.options = options
+        self._guard = Guard()
+        self._closed = False
+        self._close_result = False
+        self._crash: tuple[str, dict[str, str], dict[str, Any]] | None = None
+        self.started = time.time()
+
+        sender = self._sender(options, url, secret)
+        spool = Spool(options.spool_root() / self.project / self.run / f"rank{self.rank}", options.spool_max_bytes)
+        run_info = {
+            "config": wire.jsonable(dict(config or {})),
+            "host": socket.gethostname()[:255],
+            "pid": os.getpid(),
+            "world_size": self.world_size,
+            "started": self.started,
+            "hooks_version": wire.HOOKS_VERSION,
+            "torch_version": torch.__version__,
+            "device": _device_of(model),
+        }
+        builder = wire.BatchBuilder(self.run, self.project, self.rank, run_info=run_info)
+        self._transport = Transport(builder, sender, spool, options, self._guard)
+        if isinstance(sender, NullSender):
+            self._guard.warn_once(
+                "no-collector", "txwatch: no collector endpoint is set (endpoint= or TXWATCH_ENDPOINT) and the "
+                "full txwatch package is not installed; run %s is kept in %s", self.run, spool.folder,
+            )
+        self._capture = Capture(model, options, self._guard, self._transport.submit, model_metrics=self.rank == 0)
+        if optimizer is not None:
+            self._capture.attach_optimizer(optimizer)
+        self._transport.submit(Event({"kind": "start", "time": self.started}))
+        self._sampler = SystemSampler(
+            self._transport.submit, lambda: self._capture.step, self._guard,
+            interval_s=options.system_interval_s, heartbeat_s=options.heartbeat_s, rank=self.rank,
+            local_rank=ranks.local_rank, world_size=self.world_size,
+        )
+        try:
+            self._sampler.start()
+            if options.crash_hooks:
+                crash.register(self)
+        except Exception as exc:
+            self._guard.fail("monitor start", exc, disable=False)
+        log.info("txwatch: watching run %s/%s (rank %d of %d), sending to %s", self.project, self.run,
+                 self.rank, self.world_size, sender.describe())
+
+    @staticmethod
+    def _sender(options: Options, url: str | None, secret: str | None) -> Any:
+        guard = Guard()
+        if options.sender is not None:
+            return ObjectSender(options.sender)
+        if url is not None:
+            return HttpSender(url, secret, guard)
+        try:
+            embeddable = importlib.util.find_spec("txwatch.collector.embedded") is not None
+        except (ImportError, ValueError):
+            embeddable = False
+        return EmbeddedSender(guard) if embeddable else NullSender()
+
+    # -- public surface -----------------------------------------------------------------------------------
+
+    @property
+    def step(self) -> int:
+        """The current step: the number of optimizer steps taken (or the last ``log(step=...)``)."""
+        return self._capture.step
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Points and events dropped so far, by reason (queue_full, spool_full, rejected, bad_value...)."""
+        return self._transport.client_stats()["dropped"]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def log(self, step: int | None = None, **metrics: Any) -> None:
+        """Record metrics at ``step`` (default: the current step). Values: numbers or one-element tensors.
+
+        Tensors are not read here (no host-device sync): the background worker reads them later. ``loss``
+        and ``val_loss`` are the names the built-in rules read. Bad names or values are dropped, counted
+        and logged once; nothing raises.
+        """
+        if self._closed or self.rank != 0:
+            return
+        try:
+            capture = self._capture
+            if step is not None:
+                try:
+                    step = operator.index(step)
+                    if step < 0:
+                        raise ValueError
+                except (TypeError, ValueError):
+                    self._bad("bad-step", "step", step, "a step must be a non-negative integer", len(metrics))
+                    return
+                capture.set_step(step)
+            elif capture.optimizer is None:
+                capture.step += 1  # nothing else counts steps: each log() is one
+            values: dict[str, Any] = {}
+            for name, value in metrics.items():
+                converted = self._value(name, value)
+                if converted is not None:
+                    values[name] = converted
+            if values:
+                self._transport.submit(Points(capture.step, time.time(), values))
+        except Exception as exc:
+            self._guard.fail("log()", exc, disable=False)
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Deliver everything logged so far (default timeout: ``close_timeout_s``). True when all arrived."""
+        if self._closed:
+            return self._close_result
+        try:
+            return self._transport.flush(self.options.close_timeout_s if timeout_s is None else timeout_s)
+        except Exception as exc:
+            self._guard.fail("flush()", exc, disable=False)
+            return False
+
+    def close(self, timeout_s: float | None = None) -> bool:
+        """End the run (status finished, or how it crashed), deliver within ``timeout_s``, remove the hooks.
+
+        Returns True when everything was delivered; what was not stays in the spool. Safe to call twice.
+        """
+        if self._closed:
+            return self._close_result
+        self._closed = True
+        timeout = self.options.close_timeout_s if timeout_s is None else timeout_s
+        # each part on its own: one failing must not leave hooks registered or threads running
+        for part, action in (
+            ("close(): crash hooks", lambda: crash.unregister(self)),
+            ("close(): removing hooks", self._capture.close),
+            ("close(): system sampler", self._sampler.stop),
+            ("close(): end event", self._submit_end),
+        ):
+            try:
+                action()
+            except Exception as exc:
+                self._guard.fail(part, exc, disable=False)
+        try:
+            self._close_result = self._transport.close(timeout)
+        except Exception as exc:
+            self._guard.fail("close(): transport", exc, disable=False)
+            self._close_result = False
+        return self._close_result
+
+    def _submit_end(self) -> None:
+        event: dict[str, Any] = {"kind": "end", "time": time.time(), "step": self._capture.step}
+        if self._crash is not None:
+            status, error, memory = self._crash
+            event.update(status=status, error=error, memory=memory)
+        else:
+            event.update(status="finished", memory=memory_figures(0, self.world_size))
+        self._transport.submit(Event(event))
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is not None:
+            self._note_crash(exc)
+        self.close()
+        return False  # the exception, if any, goes on to the caller unchanged
+
+    def __repr__(self) -> str:
+        return f"<Monitor {self.project}/{self.run} rank {self.rank} step {self.step}{' closed' if self._closed else ''}>"
+
+    # -- for integrations and the crash hooks -------------------------------------------------------------
+
+    def _attach_optimizer(self, optimizer: Any) -> None:
+        try:
+            self._capture.attach_optimizer(optimizer)
+        except Exception as exc:
+            self._guard.fail("attaching the optimizer", exc)
+
+    def _set_step(self, step: int) -> None:
+        try:
+            if step != self._capture.step:
+                self._capture.set_step(int(step))
+        except Exception as exc:
+            self._guard.fail("step sync", exc, disable=False)
+
+    def _note_batch_start(self) -> None:
+        try:
+            self._capture.note_batch_start()
+        except Exception as exc:
+            self._guard.fail("data-wait timing", exc)
+
+    def _note_crash(self, exc: BaseException) -> None:
+        """Record how the run is ending (called at once, so the memory figures are those of the moment)."""
+        try:
+            if self._crash is None and not self._closed:
+                status = "oom" if crash.is_oom(exc) else "crashed"
+                self._crash = (status, wire.error_info(exc), memory_figures(0, self.world_size))
+        except Exception as exc2:
+            self._guard.fail("crash report", exc2, disable=False)
+
+    def _end_at_exit(self) -> None:
+        self.close(self.options.exit_timeout_s)
+
+    # -- helpers ------------------------------------------------------------------------------------------
+
+    def _value(self, name: str, value: Any) -> Any:
+        if not isinstance(name, str) or not wire.is_metric_name(name):
+            self._bad(f"bad-name:{name}", "name", name,
+                      "metric names are letters, digits and _.:- (optionally /<layer>), starting with a letter")
+            return None
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                self._bad(f"bad-value:{name}", "value of", name,
+                          f"a tensor of shape {tuple(value.shape)}; log one number (e.g. .mean())")
+                return None
+            # clone: a copy the user cannot change in place before the worker reads it (async, no sync)
+            return value.detach().clone()
+        if isinstance(value, bool):
+            return float(value)
+        if isinstance(value, (int, float)):
+            return float(value)
+        item = getattr(value, "item", None)
+        if callable(item):  # numpy scalars
+            try:
+                return float(item())
+            except (TypeError, ValueError):
+                pass
+        self._bad(f"bad-value:{name}", "value of", name, f"{type(value).__name__} is not a number")
+        return None
+
+    def _bad(self, key: str, what: str, name: Any, why: str, count: int = 1) -> None:
+        self._transport.count_drop("bad_value", count)
+        self._guard.warn_once(key, "txwatch: dropped the %s %r: %s (counted as 'bad_value')", what, name, why)
+
+
+def _device_of(model: Any) -> str:
+    try:
+        return str(next(model.parameters()).device)
+    except Exception:
+        return "cpu"

@@ -1,0 +1,97 @@
+"""What the training side queues. Values may still be tensors on the device: ``emit`` runs on the worker
+thread, which is where they are read (the host-device sync happens there, off the training loop)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from txwatch_hooks import wire
+from txwatch_hooks.wire import BatchBuilder
+
+
+def to_float(value: Any) -> float:
+    """A number from a Python number or a one-element tensor (reading a device tensor waits for it)."""
+    if isinstance(value, float):
+        return value
+    item = getattr(value, "item", None)
+    if callable(item):
+        value = item()
+    return float(value)
+
+
+class Points:
+    """Scalars at one step: ``{name: number or one-element tensor}``."""
+
+    __slots__ = ("step", "time", "values", "count")
+
+    def __init__(self, step: int, time: float, values: dict[str, Any]):
+        self.step, self.time, self.values = step, time, values
+        self.count = len(values)
+
+    def emit(self, builder: BatchBuilder) -> None:
+        for name, value in self.values.items():
+            builder.add_point(name, self.step, self.time, to_float(value))
+
+
+class Event:
+    """A lifecycle event (start, heartbeat, end), already a wire dict."""
+
+    __slots__ = ("event", "count")
+
+    def __init__(self, event: dict[str, Any]):
+        self.event = event
+        self.count = 1
+
+    def emit(self, builder: BatchBuilder) -> None:
+        builder.add_event(self.event)
+
+
+class SampledStep:
+    """One sampled step's gradient and update figures, as device tensors grouped by (device, dtype).
+
+    grads: [(param names, stacked per-parameter grad norms)]; nonfinite: [count tensors];
+    updates: [(param names, stacked norms before the step, stacked norms of the change)].
+    """
+
+    __slots__ = ("step", "time", "grads", "nonfinite", "updates", "layers", "count")
+
+    def __init__(self, step: int, time: float, grads: list | None, nonfinite: list | None,
+                 updates: list | None, layers: bool):
+        self.step, self.time, self.layers = step, time, layers
+        self.grads, self.nonfinite, self.updates = grads, nonfinite, updates
+        n = sum(len(names) for names, _ in grads or [])
+        u = sum(len(names) for names, _, _ in updates or [])  # upper bound
+        self.count = (n + 2 if grads else 0) + (2 * u + 1 if updates else 0)
+
+    def emit(self, builder: BatchBuilder) -> None:
+        step, t = self.step, self.time
+        if self.grads:
+            squares = 0.0
+            for names, norms in self.grads:
+                values = norms.tolist()  # the worker's read of this step's norms (one copy per device group)
+                for name, v in zip(names, values):
+                    squares += v * v
+                    if self.layers:
+                        builder.add_point(wire.GRAD_NORM + name, step, t, v)
+            # same total as torch.nn.utils.clip_grad_norm_: the L2 norm of the per-parameter norms
+            builder.add_point(wire.GRAD_NORM_TOTAL, step, t, math.sqrt(squares))
+            bad = sum(to_float(n) for n in self.nonfinite or [])
+            builder.add_point(wire.GRAD_NONFINITE, step, t, bad)
+        if self.updates:
+            ratios = []
+            for names, before, delta in self.updates:
+                for name, p, d in zip(names, before.tolist(), delta.tolist()):
+                    if name is None:  # no gradient this step: the optimizer did not update it
+                        continue
+                    if self.layers:
+                        builder.add_point(wire.PARAM_NORM + name, step, t, p)
+                    if p == 0.0:
+                        continue  # ratio undefined for an all-zero parameter (a fresh bias): not sent
+                    ratio = d / p
+                    ratios.append(ratio)
+                    if self.layers:
+                        builder.add_point(wire.UPDATE_RATIO + name, step, t, ratio)
+            if ratios:
+                worst = math.nan if any(r != r for r in ratios) else max(ratios)
+                builder.add_point(wire.UPDATE_RATIO_MAX, step, t, worst)

@@ -1,0 +1,78 @@
+"""The transformers callback with a real Trainer on a tiny GPT-2 built from config (nothing downloaded)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+
+from txwatch_hooks.integrations.huggingface import TxwatchCallback  # noqa: E402
+from txwatch_hooks.testing import MemorySender  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+class TokenData(torch.utils.data.Dataset):
+    def __init__(self, n: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(0, 64, (n, 16), generator=g)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+class KeepLogs(TrainerCallback):
+    """The Trainer's own figures, as the independent reference."""
+
+    def __init__(self):
+        self.logs = {}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.setdefault(state.global_step, {}).update(logs or {})
+
+
+def _trainer(tmp_path, callbacks, **overrides):
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=32, vocab_size=64))
+    args = dict(output_dir=str(tmp_path), report_to=[], max_steps=6, per_device_train_batch_size=4,
+                per_device_eval_batch_size=8, gradient_accumulation_steps=2, learning_rate=1e-3,
+                max_grad_norm=0.01, logging_steps=1, eval_strategy="steps", eval_steps=3, save_strategy="no",
+                use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, seed=0)
+    args.update(overrides)
+    return Trainer(model=model, args=TrainingArguments(**args), train_dataset=TokenData(64, 0),
+                   eval_dataset=TokenData(16, 1), callbacks=callbacks)
+
+
+def test_trainer_is_watched_end_to_end(tmp_path):
+    sink = MemorySender()
+    keep = KeepLogs()
+    callback = TxwatchCallback(run="hf-e2e", project="frameworks", sender=sink, grad_every=1, update_every=3,
+                               schedule_delay_s=0.02, system_interval_s=0, crash_hooks=False)
+    _trainer(tmp_path, [callback, keep]).train()
+    assert callback.monitor.closed
+    steps = list(range(1, 7))
+    loss = dict(sink.series("loss"))
+    assert sorted(loss) == steps
+    total = dict(sink.series("grad_norm_total"))
+    for step in steps:
+        assert loss[step] == pytest.approx(keep.logs[step]["loss"], rel=1e-3)  # the Trainer's own loss
+        assert total[step] == pytest.approx(keep.logs[step]["grad_norm"], rel=1e-4)  # pre-clip, as it reports
+        assert total[step] > 0.01 * 10  # so clipping at 0.01 really changed the gradients
+    val = dict(sink.series("val_loss"))
+    assert sorted(val) == [3, 6]
+    assert val[3] == pytest.approx(keep.logs[3]["eval_loss"], rel=1e-6)
+    assert "val_runtime" in sink.names()
+    assert sorted(dict(sink.series("update_ratio_max"))) == [1, 3, 6]
+    assert any(n.startswith("grad_norm/transformer.h.0.attn") for n in sink.names())
+    lr = dict(sink.series("lr/0"))
+    for step in steps:
+        assert lr[step] == pytest.approx(keep.logs[step]["learning_rate"], rel=1e-6)
+    first = sink.batches[0]
+    assert first["run"] == "hf-e2e" and first["run_info"]["config"]["learning_rate"] == 1e-3
+    (end,) = sink.events("end")
+    assert end["status"] == "finished" and end["step"] == 6

@@ -1,0 +1,97 @@
+"""The Lightning callback with a real lightning.Trainer on a tiny model (CPU, a few steps)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+lightning = pytest.importorskip("lightning")
+import lightning.pytorch as pl  # noqa: E402
+
+from txwatch_hooks.integrations.lightning import TxwatchCallback  # noqa: E402
+from txwatch_hooks.testing import MemorySender  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+class Regressor(pl.LightningModule):
+    def __init__(self, lr: float = 0.05, fail_at: int | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        self.grad_norms: dict[int, float] = {}
+        self.losses: dict[int, list[float]] = {}
+
+    def training_step(self, batch, batch_idx):
+        if self.hparams.fail_at is not None and self.global_step >= self.hparams.fail_at:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        self.losses.setdefault(self.global_step + 1, []).append(loss.item())
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y))
+        self.log("val/mae", (self.net(x) - y).abs().mean())
+
+    def on_before_optimizer_step(self, optimizer):
+        # independent record: the gradient norm before Lightning clips it (clipping runs after this hook)
+        self.grad_norms[self.global_step + 1] = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(p.grad) for p in self.parameters()])).item()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+def _loader(n=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    y = x.sum(dim=1, keepdim=True) * 3
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+
+
+def _trainer(callback, **kwargs):
+    return pl.Trainer(max_epochs=2, callbacks=[callback], logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+                      gradient_clip_val=0.01, num_sanity_val_steps=1, **kwargs)
+
+
+def test_lightning_fit_is_watched_end_to_end():
+    sink = MemorySender()
+    callback = TxwatchCallback(run="lightning-e2e", project="frameworks", sender=sink, grad_every=1,
+                               update_every=2, schedule_delay_s=0.02, system_interval_s=0, crash_hooks=False)
+    model = Regressor()
+    _trainer(callback, accumulate_grad_batches=2).fit(model, _loader(), _loader(16, seed=1))
+    assert callback.monitor.closed
+    steps = 2 * 3  # 6 batches per epoch, 2 micro-batches per step, 2 epochs
+    loss = dict(sink.series("loss"))
+    assert sorted(loss) == list(range(1, steps + 1))
+    for step, values in model.losses.items():  # mean of the step's micro-batch losses
+        assert loss[step] == pytest.approx(sum(values) / len(values), rel=1e-5)
+    total = dict(sink.series("grad_norm_total"))
+    assert total == pytest.approx(model.grad_norms, rel=1e-5)  # before Lightning's clipping
+    assert sorted(dict(sink.series("update_ratio_max"))) == [1, 2, 4, 6]
+    val = dict(sink.series("val_loss"))
+    assert sorted(val) == [3, 6]  # end of each epoch (the sanity check is not reported)
+    assert sorted(dict(sink.series("val_mae"))) == [3, 6]
+    assert sorted(dict(sink.series("lr/0"))) == list(range(1, steps + 1))
+    first = sink.batches[0]
+    assert first["run"] == "lightning-e2e" and first["run_info"]["config"]["lr"] == 0.05
+    (end,) = sink.events("end")
+    assert end["status"] == "finished" and end["step"] == steps
+
+
+def test_lightning_crash_is_reported_as_oom():
+    sink = MemorySender()
+    callback = TxwatchCallback(sender=sink, schedule_delay_s=0.02, system_interval_s=0, crash_hooks=False)
+    with pytest.raises(torch.OutOfMemoryError):
+        _trainer(callback).fit(Regressor(fail_at=2), _loader())
+    (end,) = sink.events("end")
+    assert end["status"] == "oom" and end["step"] == 2
+    assert end["error"]["type"] == "torch.OutOfMemoryError"
+
+
+def test_bad_option_fails_when_the_callback_is_made():
+    with pytest.raises(TypeError, match="grad_evry"):
+        TxwatchCallback(grad_evry=3)

@@ -1,0 +1,5 @@
+"""``txwatch.integrations.huggingface.TxwatchCallback``: the hooks' transformers Trainer callback."""
+
+from txwatch_hooks.integrations.huggingface import TxwatchCallback
+
+__all__ = ["TxwatchCallback"]
