@@ -1,0 +1,361 @@
+"""Each built-in rule on synthetic series: it fires on the symptom, and stays quiet on a near miss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tests.rules.synth import T0, curve, points, run_rules
+from txwatch.rules import load_rules
+from txwatch.rules.detectors import detect
+from txwatch.rules.engine import _Facts
+from txwatch.rules.evaluate import RunFacts
+
+BUILTIN_IDS = {
+    "out-of-memory", "memory-pressure", "loss-nonfinite", "loss-diverging", "loss-not-decreasing",
+    "loss-oscillating", "gradient-explosion", "vanishing-gradients", "dead-layer", "gradient-imbalance",
+    "update-ratio-high", "update-ratio-low", "slow-training", "overfitting", "no-warmup", "run-stalled",
+    "run-crashed",
+}
+
+
+def test_the_built_in_rules_are_exactly_the_documented_ids_each_with_cause_and_fix():
+    rules = {r.id: r for r in load_rules([])}
+    assert set(rules) == BUILTIN_IDS
+    for r in rules.values():
+        assert r.builtin and r.cause and r.fix and r.symptom
+        assert r.severity in ("info", "warning", "critical")
+
+
+# ------------------------------------------------------------ loss
+
+
+def _falling(n: int, noise: float = 0.05, seed: int = 0) -> list[float]:
+    return curve(n, lambda s: 2.0 * math.exp(-s / 50) + 0.3, noise, seed)
+
+
+def test_loss_nonfinite_fires_at_the_first_nan_and_resolves_once_the_loss_is_finite_again():
+    values = _falling(100)
+    values[49] = math.nan
+    result = run_rules({"loss": points(values)})
+    fire = result.first_fire("loss-nonfinite")
+    assert fire is not None and fire.step == 50
+    assert "NaN" in fire.reason and "step 50" in fire.reason
+    assert result.kinds("loss-nonfinite") == ["fire", "resolve"]
+
+
+def test_loss_nonfinite_fires_on_infinity_but_not_on_a_huge_finite_loss():
+    inf = _falling(60)
+    inf[30] = math.inf
+    assert run_rules({"loss": points(inf)}).first_fire("loss-nonfinite").step == 31
+    huge = _falling(60)
+    huge[30] = 1e30
+    assert "loss-nonfinite" not in run_rules({"loss": points(huge)}).ids()
+
+
+def _diverging(peak: float) -> list[float]:
+    def f(s: int) -> float:
+        base = 2.0 * math.exp(-s / 40) + 0.3
+        return base if s <= 150 else base + (peak - 0.3) * min(1.0, (s - 150) / 50)
+
+    return curve(250, f, 0.05)
+
+
+def test_loss_diverging_fires_when_the_smoothed_loss_climbs_far_above_its_best():
+    fire = run_rules({"loss": points(_diverging(peak=1.6))}).first_fire("loss-diverging")
+    assert fire is not None and 150 < fire.step <= 200
+    assert fire.rule.severity == "critical"
+    assert "more than twice its best" in fire.reason
+    assert fire.evidence["values"]["median(loss, last=10)"] > 1.2
+
+
+def test_loss_diverging_near_miss_a_rise_below_twice_the_best_is_not_divergence():
+    assert "loss-diverging" not in run_rules({"loss": points(_diverging(peak=0.75))}).ids()
+
+
+def test_loss_not_decreasing_fires_after_warmup_when_the_loss_stays_at_its_start():
+    n = 400
+    result = run_rules({"loss": points(curve(n, lambda s: 2.3, 0.03)), "lr/0": points([1e-6] * n)})
+    fire = result.first_fire("loss-not-decreasing")
+    assert fire is not None and 250 <= fire.step <= 300
+    assert "within 5% of its starting level" in fire.reason
+
+
+def test_loss_not_decreasing_near_misses_a_slow_but_real_decrease_and_a_long_warmup():
+    n = 400
+    slow = curve(n, lambda s: 2.3 * (1 - 0.15 * s / n), 0.03)
+    assert "loss-not-decreasing" not in run_rules({"loss": points(slow), "lr/0": points([1e-4] * n)}).ids()
+    flat = curve(n, lambda s: 2.3, 0.03)
+    warming = [1e-4 * s / 1000 for s in range(1, n + 1)]  # still ramping up: judge it later
+    assert "loss-not-decreasing" not in run_rules({"loss": points(flat), "lr/0": points(warming)}).ids()
+
+
+def test_loss_oscillating_fires_when_the_smoothed_loss_swings_up_and_back_down():
+    wave = curve(700, lambda s: 0.7 + 0.3 * math.sin(2 * math.pi * s / 250), 0.2)
+    fire = run_rules({"loss": points(wave)}).first_fire("loss-oscillating")
+    assert fire is not None and fire.step <= 500
+    assert "climbed to" in fire.reason
+
+
+def test_loss_oscillating_near_misses_noise_around_a_plateau_and_a_noisy_decrease():
+    plateau = curve(700, lambda s: 0.7 + 0.05 * math.sin(2 * math.pi * s / 250), 0.3)
+    assert "loss-oscillating" not in run_rules({"loss": points(plateau)}).ids()
+    assert "loss-oscillating" not in run_rules({"loss": points(_falling(700, noise=0.3))}).ids()
+
+
+# ------------------------------------------------------------ gradients
+
+
+def test_gradient_explosion_fires_on_a_sustained_spike_against_the_running_median():
+    norms = curve(100, lambda s: 1.0, 0.1) + [20.0, 40.0, 80.0, 160.0]
+    fire = run_rules({"grad_norm_total": points(norms)}).first_fire("gradient-explosion")
+    assert fire is not None and fire.step == 102  # two of the last three samples spiked
+    assert fire.rule.severity == "critical"
+    assert "median(grad_norm_total, points=3) = 20" in fire.reason
+
+
+def test_gradient_explosion_near_miss_one_odd_batch_is_not_an_explosion():
+    norms = curve(100, lambda s: 1.0, 0.1) + [50.0] + curve(20, lambda s: 1.0, 0.1, seed=1)
+    assert "gradient-explosion" not in run_rules({"grad_norm_total": points(norms)}).ids()
+
+
+def test_gradient_explosion_names_a_layer_beyond_ten_and_not_one_at_eight():
+    ok = curve(30, lambda s: 0.5, 0.1)
+    hot = {"grad_norm/head.weight": points([12.0] * 30), "grad_norm/embed.weight": points(ok)}
+    fire = run_rules(hot).first_fire("gradient-explosion")
+    assert fire is not None and fire.evidence["layers"] == ["head.weight"]
+    warm = {"grad_norm/head.weight": points([8.0] * 30), "grad_norm/embed.weight": points(ok)}
+    assert "gradient-explosion" not in run_rules(warm).ids()
+
+
+def test_vanishing_gradients_names_the_layers_far_below_the_rest():
+    series = {
+        "grad_norm/layers.0.weight": points(curve(30, lambda s: 1e-6, 0.1)),
+        "grad_norm/layers.1.weight": points(curve(30, lambda s: 1e-3, 0.1)),
+        "grad_norm/head.weight": points(curve(30, lambda s: 0.1, 0.1)),
+    }
+    fire = run_rules(series).first_fire("vanishing-gradients")
+    assert fire is not None
+    assert fire.evidence["layers"] == ["layers.0.weight"]
+    assert "layers.0.weight" in fire.reason
+
+
+def test_vanishing_gradients_near_miss_a_converged_model_has_small_gradients_everywhere():
+    series = {f"grad_norm/l{i}.weight": points(curve(30, lambda s: 5e-5, 0.1, seed=i)) for i in range(4)}
+    assert "vanishing-gradients" not in run_rules(series).ids()
+
+
+def test_dead_layer_fires_per_layer_after_five_exactly_zero_samples():
+    series = {
+        "grad_norm/fc1.weight": points([0.3] * 5 + [0.0] * 10, every=10),
+        "grad_norm/fc2.weight": points([0.2] * 15, every=10),
+    }
+    result = run_rules(series)
+    fires = result.fired("dead-layer")
+    assert [(f.layer, f.step) for f in fires] == [("fc1.weight", 91)]  # the 5th zero sample
+    assert "fc1.weight" in fires[0].reason
+
+
+def test_dead_layer_near_miss_a_tiny_but_nonzero_gradient_is_alive():
+    series = {"grad_norm/fc1.weight": points([0.0] * 4 + [1e-9] + [0.0] * 4, every=10)}
+    assert "dead-layer" not in run_rules(series).ids()
+
+
+def test_gradient_imbalance_fires_when_layers_differ_by_more_than_four_orders_of_magnitude():
+    series = {
+        "grad_norm/embed.weight": points(curve(40, lambda s: 2e-5, 0.1)),
+        "grad_norm/head.weight": points(curve(40, lambda s: 1.0, 0.1)),
+    }
+    fire = run_rules(series).first_fire("gradient-imbalance")
+    assert fire is not None
+    assert sorted(fire.evidence["layers"]) == ["embed.weight", "head.weight"]
+
+
+def test_gradient_imbalance_near_miss_three_orders_of_magnitude():
+    series = {
+        "grad_norm/embed.weight": points(curve(60, lambda s: 1e-3, 0.1)),
+        "grad_norm/head.weight": points(curve(60, lambda s: 1.0, 0.1)),
+    }
+    assert "gradient-imbalance" not in run_rules(series).ids()
+
+
+# ------------------------------------------------------------ update ratios
+
+
+def test_update_ratio_high_fires_when_the_median_weight_moves_more_than_five_percent_a_step():
+    series = {
+        "update_ratio/fc1.weight": points(curve(40, lambda s: 0.1, 0.1)),
+        "update_ratio/fc2.weight": points(curve(40, lambda s: 0.08, 0.1)),
+        "update_ratio/fc1.bias": points(curve(40, lambda s: 0.5, 0.1)),
+    }
+    fire = run_rules(series).first_fire("update-ratio-high")
+    assert fire is not None and fire.step == 13  # 3 samples for the medians, then held for 10 steps
+    assert "update/weight ratio is 0.0" in fire.reason
+
+
+def test_update_ratio_high_near_miss_only_freshly_initialized_biases_move_a_lot():
+    series = {
+        "update_ratio/fc1.weight": points(curve(40, lambda s: 0.01, 0.1)),
+        "update_ratio/fc2.weight": points(curve(40, lambda s: 0.01, 0.1)),
+        "update_ratio/fc1.bias": points(curve(40, lambda s: 0.9, 0.1)),
+    }
+    assert "update-ratio-high" not in run_rules(series).ids()
+
+
+def test_update_ratio_low_fires_after_warmup_with_the_learning_rate_at_its_peak():
+    n = 200
+    series = {
+        "update_ratio/fc1.weight": points(curve(n, lambda s: 1e-6, 0.1)),
+        "update_ratio/fc2.weight": points(curve(n, lambda s: 2e-6, 0.1)),
+        "lr/0": points([1e-6] * n),
+    }
+    fire = run_rules(series).first_fire("update-ratio-low")
+    assert fire is not None and fire.step == 120
+
+
+def test_update_ratio_low_near_miss_the_tail_of_a_decayed_schedule():
+    n = 300
+    lr = [1e-3 * (0.01 if s > 100 else 1.0) for s in range(1, n + 1)]  # decayed to 1% of its peak
+    series = {"update_ratio/fc1.weight": points(curve(n, lambda s: 1e-6, 0.1)), "lr/0": points(lr)}
+    assert "update-ratio-low" not in run_rules(series).ids()
+
+
+# ------------------------------------------------------------ throughput and memory
+
+
+def test_slow_training_fires_on_low_gpu_utilization_sustained_for_minutes():
+    util = points(curve(60, lambda s: 30.0, 0.1), every=10, step_s=0.5)  # a sample every 5 s
+    fire = run_rules({"gpu_util/cuda0": util}).first_fire("slow-training")
+    assert fire is not None
+    assert fire.evidence["layers"] == ["cuda0"]
+    near = points(curve(60, lambda s: 70.0, 0.1), every=10, step_s=0.5)
+    assert "slow-training" not in run_rules({"gpu_util/cuda0": near}).ids()
+
+
+def test_slow_training_without_a_gpu_fires_when_most_of_each_step_waits_for_data():
+    n = 200
+    waiting = {"data_wait_share": points([0.8] * n), "data_wait": points([0.02] * n)}
+    fire = run_rules(waiting).first_fire("slow-training")
+    assert fire is not None and fire.step == 150  # a full 100-step window, then held for 50 steps
+    assert "median(data_wait_share, last=100) = 0.8 > 0.5" in fire.reason
+
+
+def test_slow_training_near_misses_a_toy_model_waiting_two_milliseconds_and_a_busy_gpu():
+    n = 200
+    tiny = {"data_wait_share": points([0.8] * n), "data_wait": points([0.002] * n)}
+    assert "slow-training" not in run_rules(tiny).ids()
+    busy_gpu = {
+        "data_wait_share": points([0.8] * n),  # host-side timing is misleading with asynchronous CUDA
+        "data_wait": points([0.02] * n),
+        "gpu_util/cuda0": points([95.0] * n),
+    }
+    assert "slow-training" not in run_rules(busy_gpu).ids()
+
+
+def _memory(used_fraction: list[float]) -> dict:
+    total = 80e9
+    return {
+        "gpu_mem_used/cuda0": points([f * total for f in used_fraction], every=10),  # every 5 s
+        "gpu_mem_total/cuda0": points([total] * len(used_fraction), every=10),
+    }
+
+
+def test_memory_pressure_fires_after_a_minute_above_95_percent():
+    result = run_rules(_memory([0.5] * 10 + [0.97] * 20))
+    fire = result.first_fire("memory-pressure")
+    assert fire is not None and fire.evidence["layers"] == ["cuda0"]
+    assert "cuda0" in fire.reason
+
+
+def test_memory_pressure_near_misses_93_percent_and_a_brief_peak():
+    assert "memory-pressure" not in run_rules(_memory([0.93] * 30)).ids()
+    assert "memory-pressure" not in run_rules(_memory([0.8] * 10 + [0.99] + [0.8] * 10)).ids()
+
+
+def test_memory_pressure_reads_the_allocator_when_nvml_is_missing():
+    total = 80e9
+    series = {
+        "cuda_mem_reserved/cuda0": points([0.97 * total] * 30, every=10),
+        "gpu_mem_total/cuda0": points([total] * 30, every=10),
+    }
+    assert "memory-pressure" in run_rules(series).ids()
+
+
+# ------------------------------------------------------------ generalization and warmup
+
+
+def _overfit(rise: float) -> dict:
+    n = 1000
+    loss = curve(n, lambda s: 1.2 * math.exp(-s / 200) + 0.02, 0.05)
+    val = [0.9 * math.exp(-s / 150) + 0.6 if s <= 400 else 0.6 + 0.0 + rise * (s - 400) / 600 for s in range(50, n + 1, 50)]
+    return {"loss": points(loss), "val_loss": points(val, start=50, every=50)}
+
+
+def test_overfitting_fires_when_validation_turns_up_while_training_keeps_falling():
+    fire = run_rules(_overfit(rise=0.4)).first_fire("overfitting")
+    assert fire is not None and 600 <= fire.step <= 900
+    assert "validation loss" in fire.reason and "its best" in fire.reason
+
+
+def test_overfitting_near_miss_a_ten_percent_bump_in_validation_loss():
+    assert "overfitting" not in run_rules(_overfit(rise=0.06)).ids()
+
+
+def _early(loss: list[float], lr: list[float]) -> dict:
+    return {"loss": points(loss), "lr/0": points(lr)}
+
+
+def test_no_warmup_fires_on_an_early_loss_spike_with_the_learning_rate_at_its_peak_from_step_one():
+    loss = [1.4, 1.6, 3.0, 4.0, 3.5, 3.0, 2.8, 2.5, 2.2, 1.9] + curve(60, lambda s: 1.2, 0.05)
+    fire = run_rules(_early(loss, [0.1] * 70)).first_fire("no-warmup")
+    assert fire is not None and fire.step <= 10
+    assert "since the first step" in fire.reason
+
+
+def test_no_warmup_near_misses_the_same_spike_under_a_warmup_and_a_calm_start():
+    spike = [1.4, 1.6, 3.0, 4.0, 3.5, 3.0, 2.8, 2.5, 2.2, 1.9] + curve(60, lambda s: 1.2, 0.05)
+    ramp = [0.1 * min(1.0, s / 50) for s in range(1, 71)]
+    assert "no-warmup" not in run_rules(_early(spike, ramp)).ids()
+    assert "no-warmup" not in run_rules(_early(_falling(70), [0.1] * 70)).ids()
+
+
+# ------------------------------------------------------------ how the run ended
+
+
+def _end(status: str, **extra) -> dict:
+    return {"kind": "end", "time": T0 + 100, "step": 80, "status": status, **extra}
+
+
+def test_run_crashed_fires_from_the_end_event_with_the_error():
+    err = {"type": "RuntimeError", "message": "mat1 and mat2 shapes cannot be multiplied"}
+    result = run_rules({"loss": points(_falling(80))}, events=[_end("crashed", error=err)])
+    fire = result.first_fire("run-crashed")
+    assert fire is not None and fire.step == 80
+    assert "RuntimeError: mat1 and mat2 shapes" in fire.reason
+    assert fire.evidence["run"]["error"] == err
+    assert "out-of-memory" not in result.ids()
+
+
+def test_out_of_memory_fires_with_the_memory_figures_and_a_clean_finish_fires_nothing():
+    memory = {"cuda:0": {"allocated": 7.9e10, "reserved": 8.0e10, "peak": 8.0e10, "total": 8.1e10}}
+    err = {"type": "torch.OutOfMemoryError", "message": "CUDA out of memory. Tried to allocate 2.00 GiB"}
+    result = run_rules({"loss": points(_falling(80))}, events=[_end("oom", error=err, memory=memory)])
+    fire = result.first_fire("out-of-memory")
+    assert fire is not None
+    assert fire.evidence["run"]["memory"] == memory
+    assert "CUDA out of memory" in fire.reason
+    assert "run-crashed" not in result.ids()
+    assert run_rules({"loss": points(_falling(80))}, events=[_end("finished")]).ids() == set()
+
+
+@pytest.mark.parametrize("idle_s,fires", [(301.0, True), (299.0, False)])
+def test_run_stalled_holds_when_a_running_run_has_been_silent_past_the_limit(idle_s, fires):
+    rule = next(r for r in load_rules([]) if r.id == "run-stalled")
+    assert rule.time_based
+    det = detect(rule, _Facts(RunFacts(status="running", idle_s=idle_s)), 0, {"stall_after_s": 300.0}, {})
+    assert (det.fired is True) is fires
+    if fires:
+        assert det.reason == "no data for 301 s (the stall limit is 300 s)"
+    ended = detect(rule, _Facts(RunFacts(status="finished", idle_s=5000.0)), 0, {"stall_after_s": 300.0}, {})
+    assert ended.fired is False

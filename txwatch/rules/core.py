@@ -1,0 +1,252 @@
+"""The incremental rule evaluation, in memory: new points and events in, transitions out.
+
+Points of a batch are applied step by step in step order; after each step the rules that read a series updated
+at that step are evaluated (a per-layer rule only for the layers updated). So the cost of a batch is
+proportional to its points and the rules' windows, never to the run's history, and the outcome does not depend
+on how the points were split into batches. The database side (locking, saving, diagnoses rows) is in
+``engine``; replay uses this class directly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from txwatch.rules.detectors import detect
+from txwatch.rules.lifecycle import Tracker, advance
+from txwatch.rules.model import Rule
+from txwatch.rules.state import RunState, SeriesIndex
+from txwatch.rules.window import Needs
+
+# A diagnosis that keeps holding refreshes its figures on every batch, but notifies an "update" at most this
+# often in the run's own time (and at once when more layers join), so a chat channel is not flooded.
+UPDATE_INTERVAL_S = 300.0
+
+
+@dataclass
+class Transition:
+    """Something that happened to a (rule, layer) at a step."""
+
+    kind: str  # pending | fire | update | cancel | resolve
+    rule: Rule
+    layer: str | None
+    step: int
+    time: float
+    episode: int
+    reason: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+    notify: bool = True  # for updates: whether the notifier hears of it
+
+
+def _needs_of(rules: Iterable[Rule]) -> dict[str, Needs]:
+    merged: dict[str, Needs] = {}
+    for r in rules:
+        programs = [r.program, r.resolve_program] + [p.program for p in r.template]
+        for prog in programs:
+            if prog is None:
+                continue
+            for pattern, needs in prog.needs.items():
+                merged.setdefault(pattern, Needs()).merge(needs)
+    return merged
+
+
+class Core:
+    """Rules applied to one run's state at a time (the caller serializes access per run)."""
+
+    def __init__(self, rules: list[Rule], settings: Mapping[str, float] | None = None):
+        self.rules = list(rules)
+        self.settings = dict(settings or {})
+        self.series_rules = [r for r in self.rules if r.reads_series and not r.time_based]
+        self.run_rules = [r for r in self.rules if not r.reads_series and not r.time_based]
+        self.time_rules = [r for r in self.rules if r.time_based]
+        self.index = SeriesIndex(_needs_of(self.rules))
+        self._order = {r.id: i for i, r in enumerate(self.rules)}
+        self._by_pattern: dict[str, list[Rule]] = defaultdict(list)
+        for r in self.series_rules:
+            patterns = {s.pattern for s in r.program.checked.series}
+            if r.resolve_program is not None:
+                patterns |= {s.pattern for s in r.resolve_program.checked.series}
+            for p in patterns:
+                self._by_pattern[p].append(r)
+        self._for_name: dict[str, list[tuple[Rule, str | None]]] = {}
+
+    def new_state(self, run_id: int) -> RunState:
+        return RunState(run_id, self.index)
+
+    def rules_for(self, name: str) -> list[tuple[Rule, str | None]]:
+        """Rules to evaluate when ``name`` gets a point, with the layer key for per-layer rules."""
+        hit = self._for_name.get(name)
+        if hit is not None:
+            return hit
+        out: list[tuple[Rule, str | None]] = []
+        for r in self._by_pattern.get(name, ()):
+            out.append((r, None))
+        _, families = self.index.match(name)
+        for pattern, key in families:
+            for r in self._by_pattern.get(pattern, ()):
+                if r.scope == "layer":
+                    out.append((r, key) if pattern in r.program.layer_patterns else (r, None))
+                else:
+                    out.append((r, None))
+        if len(self._for_name) < 200_000:
+            self._for_name[name] = out
+        return out
+
+    # ------------------------------------------------------------ processing
+
+    def process(
+        self,
+        state: RunState,
+        series: Mapping[str, Iterable[Any]],
+        events: Iterable[Mapping[str, Any]] = (),
+    ) -> list[Transition]:
+        """Apply a batch (``series``: name -> [(step, time, value)], ``events``: dicts) and evaluate rules."""
+        out: list[Transition] = []
+        holds: dict[tuple[str, str | None], tuple[Rule, str | None, int, float]] = {}
+        by_step: dict[int, list[tuple[Any, float, float, list[tuple[Rule, str | None]]]]] = defaultdict(list)
+        for name, points in series.items():
+            buf = state.buffer_for(name)
+            if buf is None:
+                continue
+            affected = self.rules_for(name)
+            for p in points:
+                by_step[int(p[0])].append((buf, float(p[1]), float(p[2]), affected))
+        facts = state.facts
+        for step in sorted(by_step):
+            entries = by_step[step]
+            tmax = -math.inf
+            due: dict[str, tuple[Rule, set[str] | None]] = {}
+            for buf, t, v, affected in entries:
+                buf.add(step, t, v)
+                if t > tmax:
+                    tmax = t
+                for rule, key in affected:
+                    slot = due.get(rule.id)
+                    if slot is None:
+                        slot = due[rule.id] = (rule, set() if rule.scope == "layer" else None)
+                    if key is not None and slot[1] is not None:
+                        slot[1].add(key)
+            if facts.start_time is None or tmax < facts.start_time:
+                facts.start_time = tmax
+            if facts.last_time is None or tmax > facts.last_time:
+                facts.last_time = tmax
+            if step > state.max_step:
+                state.max_step = step
+            for rule_id in sorted(due, key=self._order.__getitem__):
+                rule, layers = due[rule_id]
+                if layers is None:
+                    self._evaluate(state, rule, None, step, tmax, out, holds)
+                else:
+                    for key in sorted(layers):
+                        self._evaluate(state, rule, key, step, tmax, out, holds)
+        if events:
+            self._apply_events(state, events)
+            step = facts.end_step if facts.end_step is not None else state.max_step
+            now = facts.last_time or 0.0
+            for rule in self.run_rules:
+                self._evaluate(state, rule, None, step, now, out, holds)
+        self._updates(state, holds, out)
+        return out
+
+    def _apply_events(self, state: RunState, events: Iterable[Mapping[str, Any]]) -> None:
+        facts = state.facts
+        for ev in events:
+            kind = ev.get("kind")
+            t = ev.get("time")
+            if isinstance(t, (int, float)) and math.isfinite(t):
+                if facts.last_time is None or t > facts.last_time:
+                    facts.last_time = float(t)
+                if kind == "start" and (facts.start_time is None or t < facts.start_time):
+                    facts.start_time = float(t)
+            step = ev.get("step")
+            if isinstance(step, int) and step > state.max_step:
+                state.max_step = step
+            if kind == "start" and facts.status != "running":
+                facts.status = "running"  # the run was resumed under the same name
+                facts.error = facts.memory = None
+                facts.end_step = None
+            elif kind == "end":
+                facts.status = ev.get("status") or "finished"
+                facts.error = ev.get("error")
+                facts.memory = ev.get("memory")
+                facts.end_step = step if isinstance(step, int) else state.max_step
+
+    def _evaluate(
+        self,
+        state: RunState,
+        rule: Rule,
+        layer: str | None,
+        step: int,
+        time: float,
+        out: list[Transition],
+        holds: dict[tuple[str, str | None], tuple[Rule, str | None, int, float]],
+    ) -> None:
+        node_state = state.node_state.setdefault(rule.id, {})
+        t = state.tracker(rule.id, layer)
+        det = detect(rule, state, step, self.settings, node_state, layer, explain=False)
+        held = det.fired
+        updates = det.updates
+        clears = None
+        rp = rule.resolve_program
+        if t.state == "firing" or (rp is not None and rp.checked.stateful):
+            if rp is not None:
+                rdet = detect(rule, state, step, self.settings, node_state, layer, explain=False, program=rp)
+                updates = {**updates, **rdet.updates}
+                if t.state == "firing":
+                    clears = rdet.fired
+            elif held is not None:
+                clears = not held
+        what = advance(t, held, clears, step, time, rule.hold, rule.resolve_hold)
+        if what in ("pending", "fire"):
+            full = detect(rule, state, step, self.settings, node_state, layer, explain=True)
+            if what == "fire":
+                t.notified_time = time
+                t.notified_layers = full.evidence.get("layers")
+            out.append(Transition(what, rule, layer, step, time, t.episode, full.reason, full.evidence))
+        elif what == "resolve":
+            prog = rp or rule.program
+            full = detect(rule, state, step, self.settings, node_state, layer, explain=True, program=prog)
+            how = f"resolved: {full.reason}" if rp is not None else f"no longer holds: {_not_reason(rule, full)}"
+            out.append(Transition("resolve", rule, layer, step, time, t.episode, how, full.evidence))
+            holds.pop((rule.id, layer), None)
+        elif what == "cancel":
+            out.append(Transition("cancel", rule, layer, step, time, t.episode, "stopped holding before it fired"))
+        elif what == "hold":
+            holds[(rule.id, layer)] = (rule, layer, step, time)
+        if updates:
+            node_state.update(updates)
+
+    def _updates(
+        self,
+        state: RunState,
+        holds: dict[tuple[str, str | None], tuple[Rule, str | None, int, float]],
+        out: list[Transition],
+    ) -> None:
+        """One update per still-firing diagnosis per batch, with the latest figures."""
+        fired_now = {(tr.rule.id, tr.layer) for tr in out if tr.kind == "fire"}
+        for key, (rule, layer, step, time) in holds.items():
+            t: Tracker = state.tracker(rule.id, layer)
+            if t.state != "firing" or key in fired_now:
+                continue
+            node_state = state.node_state.get(rule.id, {})
+            full = detect(rule, state, step, self.settings, node_state, layer, explain=True)
+            layers = full.evidence.get("layers")
+            new_layers = bool(layers) and bool(set(layers) - set(t.notified_layers or []))
+            notify = t.notified_time is None or time - t.notified_time >= UPDATE_INTERVAL_S or new_layers
+            if notify:
+                t.notified_time = time
+                t.notified_layers = layers
+            out.append(Transition("update", rule, layer, step, time, t.episode, full.reason, full.evidence, notify))
+
+
+def _not_reason(rule: Rule, det) -> str:
+    values = det.evidence.get("values", {})
+    if values:
+        from txwatch.rules.evaluate import fmt
+
+        shown = "; ".join(f"{k} = {fmt(v)}" for k, v in list(values.items())[:4])
+        return f"the condition is false now ({shown})"
+    return "the condition is false now"

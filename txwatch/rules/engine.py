@@ -1,0 +1,276 @@
+"""The rule engine as the collector uses it: incremental evaluation with state and diagnoses in the database.
+
+``observe()`` runs one transaction per batch: lock the run's ``engine_state`` row, reuse the cached state when
+its version is current (else load what another collector saved), evaluate the new points, write diagnoses and
+notifications, save the state with the version bumped. ``check_time()`` evaluates the time-based rules
+(run-stalled) for the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time as _time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from txwatch.rules import metrics
+from txwatch.rules.core import Core, Transition
+from txwatch.rules.detectors import detect
+from txwatch.rules.evaluate import RunFacts
+from txwatch.rules.loader import load_rules
+from txwatch.rules.model import Rule
+from txwatch.rules.persistence import (
+    DiagnosisChange,
+    apply_transitions,
+    load_state_blob,
+    lock_state_row,
+    save_state,
+)
+from txwatch.rules.state import RunState
+from txwatch.store.models import RUN_LAYER_NONE, Diagnosis, EngineState, Run
+
+log = logging.getLogger(__name__)
+
+STATE_CACHE_RUNS = 512  # runs whose state stays in memory between batches; others reload from the database
+LOCK_STRIPES = 64  # per-run serialization inside one process without a lock object per run
+ERROR_LOG_INTERVAL_S = 60.0  # a failing run is logged at most this often
+OPTIMISTIC_TRIES = 2  # evaluations without the lock before one that holds it (conflicts need two collectors)
+RUNNING_STATUSES = ("running", "stalled")  # statuses of a run that has not ended
+
+
+class _Facts:
+    """A View over run facts only (for the scheduler's time-based rules, which read no series)."""
+
+    def __init__(self, facts: RunFacts):
+        self.facts = facts
+
+    def series(self, name: str):
+        return None
+
+    def layer_keys(self, patterns):
+        return []
+
+
+class RuleEngine:
+    """Applies rules to runs as their batches arrive. Thread-safe; safe with several collectors on one database.
+
+    Args:
+        rules: the loaded rules (``load_rules``).
+        session_factory: SQLAlchemy sessionmaker for the store.
+        notifier: told of each fire/update/resolve inside the diagnosis' transaction (``record(session, row, kind)``).
+        stall_after_s: read by conditions as ``setting("stall_after_s")``.
+    """
+
+    def __init__(
+        self,
+        rules: list[Rule],
+        session_factory: sessionmaker[Session],
+        notifier: Any = None,
+        stall_after_s: float = 300.0,
+    ):
+        self.rules = list(rules)
+        self.session_factory = session_factory
+        self.notifier = notifier
+        self.settings = {"stall_after_s": float(stall_after_s)}
+        self.core = Core(self.rules, self.settings)
+        self._cache: OrderedDict[int, RunState] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._stripes = [threading.Lock() for _ in range(LOCK_STRIPES)]
+        self._last_error_log: dict[int, float] = {}
+
+    # ------------------------------------------------------------ ingest
+
+    def observe(
+        self,
+        run_id: int,
+        series: Mapping[str, Iterable[Any]],
+        events: Iterable[Mapping[str, Any]] = (),
+    ) -> list[DiagnosisChange]:
+        """Evaluate the rules on a run's new points and events; store and return the diagnosis changes.
+
+        ``series``: metric name -> [(step, time, value)]; ``events``: the batch's events as dicts. Errors are
+        logged and counted (``txwatch_rule_errors_total``), never raised: the batch is already stored.
+        """
+        events = list(events)
+        series = {name: list(points) for name, points in series.items()}
+        started = _time.perf_counter()
+        with self._stripes[run_id % LOCK_STRIPES]:
+            try:
+                changes = self._observe(run_id, series, events)
+            except Exception:
+                self._forget(run_id)
+                metrics.ERRORS.labels(stage="observe").inc()
+                self._log_error(run_id, "rule evaluation failed for run %s; its diagnoses may lag", run_id)
+                return []
+        metrics.BATCH_SECONDS.observe(_time.perf_counter() - started)
+        metrics.POINTS.inc(sum(len(p) for p in series.values()))
+        for c in changes:
+            metrics.DIAGNOSES.labels(rule=c.rule_id, kind=c.kind).inc()
+        return changes
+
+    def _observe(self, run_id: int, series: dict[str, list[Any]], events: list) -> list[DiagnosisChange]:
+        # Optimistic first: evaluate without holding any database lock (on SQLite a write transaction blocks
+        # every other writer), then lock the run's row, check nobody saved a newer state meanwhile, and write.
+        # If another collector did, reload its state and evaluate again; the last try holds the lock throughout.
+        for _ in range(OPTIMISTIC_TRIES):
+            state = self._current_state(run_id)
+            transitions = self.core.process(state, series, events)
+            with self.session_factory() as session, session.begin():
+                version = lock_state_row(session, run_id)
+                if version == state.version:
+                    changes = apply_transitions(session, run_id, transitions, state, self.notifier)
+                    state.version = save_state(session, state, version)
+                    self._remember(state)
+                    return changes
+            self._forget(run_id)  # another collector evaluated this run meanwhile: its state is newer
+            metrics.CONFLICTS.inc()
+        with self.session_factory() as session, session.begin():
+            version = lock_state_row(session, run_id)
+            state = self._cached(run_id, version)
+            if state is None:
+                state = RunState.from_state(run_id, self.core.index, load_state_blob(session, run_id))
+                state.version = version
+            transitions = self.core.process(state, series, events)
+            changes = apply_transitions(session, run_id, transitions, state, self.notifier)
+            state.version = save_state(session, state, version)
+        self._remember(state)
+        return changes
+
+    def _current_state(self, run_id: int) -> RunState:
+        """The run's state as last saved: from the cache when its version is current, else the database."""
+        with self.session_factory() as session:
+            row = session.execute(select(EngineState.version).where(EngineState.run_id == run_id)).first()
+            version = int(row[0]) if row is not None else 0
+            state = self._cached(run_id, version)
+            if state is None:
+                state = RunState.from_state(run_id, self.core.index, load_state_blob(session, run_id))
+                state.version = version
+        return state
+
+    # ------------------------------------------------------------ scheduler
+
+    def check_time(self, now: float | None = None) -> list[DiagnosisChange]:
+        """Evaluate the time-based rules (run-stalled) against every live run; called by the scheduler."""
+        time_rules = self.core.time_rules
+        if not time_rules:
+            return []
+        now = _time.time() if now is None else float(now)
+        ids = [r.id for r in time_rules]
+        try:
+            with self.session_factory() as session:
+                live = session.execute(
+                    select(Run.id, Run.status, Run.last_seen, Run.end_reason).where(Run.status.in_(RUNNING_STATUSES))
+                ).all()
+                open_rows = session.execute(
+                    select(Diagnosis.run_id, Diagnosis.rule_id).where(
+                        Diagnosis.state == "firing", Diagnosis.rule_id.in_(ids)
+                    )
+                ).all()
+                open_set = {(r.run_id, r.rule_id) for r in open_rows}
+                candidates = {r.id: r for r in live}
+                missing = {rid for rid, _ in open_set} - set(candidates)
+                if missing:
+                    for r in session.execute(
+                        select(Run.id, Run.status, Run.last_seen, Run.end_reason).where(Run.id.in_(missing))
+                    ).all():
+                        candidates[r.id] = r
+        except Exception:
+            metrics.ERRORS.labels(stage="check_time").inc()
+            log.exception("time-based rule check failed")
+            return []
+
+        changes: list[DiagnosisChange] = []
+        for run in candidates.values():
+            facts = _facts_of(run, now)
+            for rule in time_rules:
+                det = detect(rule, _Facts(facts), 0, self.settings, {}, explain=False)
+                is_open = (run.id, rule.id) in open_set
+                if (det.fired is True) == is_open:
+                    continue
+                try:
+                    changes.extend(self._time_transition(run.id, rule, facts, det.fired is True, now))
+                except Exception:
+                    metrics.ERRORS.labels(stage="check_time").inc()
+                    self._log_error(run.id, "time-based rule %s failed for run %s", rule.id, run.id)
+        for c in changes:
+            metrics.DIAGNOSES.labels(rule=c.rule_id, kind=c.kind).inc()
+        return changes
+
+    def _time_transition(self, run_id: int, rule: Rule, facts: RunFacts, fire: bool, now: float) -> list[DiagnosisChange]:
+        with self._stripes[run_id % LOCK_STRIPES]:
+            with self.session_factory() as session, session.begin():
+                lock_state_row(session, run_id)  # take turns with observe() and other collectors
+                is_open = (
+                    session.execute(
+                        select(Diagnosis.id).where(
+                            Diagnosis.run_id == run_id,
+                            Diagnosis.rule_id == rule.id,
+                            Diagnosis.layer == RUN_LAYER_NONE,
+                            Diagnosis.state == "firing",
+                        )
+                    ).first()
+                    is not None
+                )
+                if fire == is_open:
+                    return []  # another collector got there first
+                row = session.get(Run, run_id)
+                step = int(row.steps or 0) if row is not None else 0
+                full = detect(rule, _Facts(facts), step, self.settings, {}, explain=True)
+                kind = "fire" if fire else "resolve"
+                reason = full.reason if fire else f"no longer holds: {rule.condition} is false"
+                tr = Transition(kind, rule, None, step, now, 0, reason, full.evidence)
+                return apply_transitions(session, run_id, [tr], None, self.notifier)
+
+    def close(self) -> None:
+        """Drop the cached run states (the saved ones stay in the database for the next start)."""
+        with self._cache_lock:
+            self._cache.clear()
+
+    # ------------------------------------------------------------ cache
+
+    def _cached(self, run_id: int, version: int) -> RunState | None:
+        with self._cache_lock:
+            state = self._cache.get(run_id)
+            if state is None or state.version != version:
+                return None
+            self._cache.move_to_end(run_id)
+            return state
+
+    def _remember(self, state: RunState) -> None:
+        with self._cache_lock:
+            self._cache[state.run_id] = state
+            self._cache.move_to_end(state.run_id)
+            while len(self._cache) > STATE_CACHE_RUNS:
+                self._cache.popitem(last=False)
+
+    def _forget(self, run_id: int) -> None:
+        with self._cache_lock:
+            self._cache.pop(run_id, None)
+
+    def _log_error(self, run_id: int, msg: str, *args: Any) -> None:
+        now = _time.monotonic()
+        last = self._last_error_log.get(run_id)
+        if last is None or now - last > ERROR_LOG_INTERVAL_S:
+            self._last_error_log[run_id] = now
+            log.exception(msg, *args)
+
+
+def _facts_of(run: Any, now: float) -> RunFacts:
+    last_seen: datetime = run.last_seen
+    if last_seen.tzinfo is None:  # SQLite returns naive datetimes: they were written as UTC
+        last_seen = last_seen.replace(tzinfo=timezone.utc)
+    status = "running" if run.status in RUNNING_STATUSES else (run.end_reason or run.status)
+    return RunFacts(status=status, idle_s=max(0.0, now - last_seen.timestamp()))
+
+
+def build_engine(settings: Any, session_factory: sessionmaker[Session], notifier: Any = None) -> RuleEngine:
+    """The engine for a collector: built-in rules (unless ``settings.builtin_rules`` is false) plus
+    ``settings.rules_dirs``. Raises ``RuleError`` (file, line, problem) when a rule file is invalid."""
+    rules = load_rules(list(settings.rules_dirs), builtin=settings.builtin_rules)
+    return RuleEngine(rules, session_factory, notifier=notifier, stall_after_s=settings.stall_after_s)

@@ -1,0 +1,602 @@
+"""Evaluation of a checked condition: the syntax tree compiled into a tree of small Python closures.
+
+No text is ever evaluated: each node becomes a closure over its children and the safe primitives of
+``aggregates``. Values are numbers, booleans or ``None`` (no data yet); logic is three-valued (Kleene), so a
+test over missing data is neither true nor false and never fires a rule, and ``not`` of "unknown" stays unknown.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from txwatch.rules.aggregates import aggregate
+from txwatch.rules.language import (
+    END_STATUSES,
+    FUNCTIONS,
+    Binary,
+    Bool,
+    Call,
+    Checked,
+    Compare,
+    Logic,
+    Node,
+    Num,
+    SeriesRef,
+    Str,
+    Unary,
+    Window,
+    children,
+    literal_value,
+)
+from txwatch.rules.window import Needs, SeriesBuffer
+
+Value = float | bool | None
+Fn = Callable[["Context", "str | None"], Value]
+
+
+@dataclass
+class RunFacts:
+    """What the engine knows about the run besides its series."""
+
+    status: str = "running"  # running | finished | crashed | oom
+    error: dict[str, Any] | None = None
+    memory: dict[str, Any] | None = None
+    end_step: int | None = None
+    start_time: float | None = None  # time of the first point or start event
+    last_time: float | None = None  # latest point or event time
+    idle_s: float | None = None  # seconds since last heard from; only set by the scheduler's check
+
+
+class View(Protocol):
+    """The window state a condition reads (a RunState provides it)."""
+
+    facts: RunFacts
+
+    def series(self, name: str) -> SeriesBuffer | None: ...
+
+    def layer_keys(self, patterns: tuple[str, ...]) -> list[str]: ...
+
+
+@dataclass
+class Explain:
+    """Values seen while evaluating, to build the reason and the evidence."""
+
+    values: dict[tuple[int, str | None], Value] = field(default_factory=dict)
+    held: dict[int, list[str]] = field(default_factory=dict)  # quantifier node -> layers where the test held
+    seen: dict[int, list[str]] = field(default_factory=dict)  # quantifier node -> layers evaluated
+
+
+@dataclass
+class Context:
+    view: View
+    step: int
+    settings: dict[str, float]
+    node_state: dict[str, float]  # running_min/max so far (read)
+    updates: dict[str, float] = field(default_factory=dict)  # their new values (written)
+    memo: dict[int, Value] = field(default_factory=dict)
+    explain: Explain | None = None
+
+
+def _fmt_key(node: Node, layer: str | None) -> str:
+    return f"{node.text}|{layer}" if layer is not None else node.text
+
+
+def _bind(pattern: str, layer: str | None) -> str:
+    return pattern.replace("*", layer) if layer is not None and "*" in pattern else pattern
+
+
+def _is_nan(v: Value) -> bool:
+    return isinstance(v, float) and v != v
+
+
+_AGGREGATE_IDS: dict[tuple, int] = {}  # (aggregate, window, extra args) -> small int, shared by all rules
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b,
+    ">=": lambda a, b: a >= b,
+    "<=": lambda a, b: a <= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+}
+
+
+class Compiler:
+    """Turns a checked tree into closures and records what each series pattern needs."""
+
+    def __init__(self, trace: bool = False) -> None:
+        self.trace = trace  # record values for explanations (a second, slower set of closures)
+        self.needs: dict[str, Needs] = {}
+        self._stateful: dict[int, bool] = {}
+
+    def has_state(self, node: Node) -> bool:
+        key = id(node)
+        if key not in self._stateful:
+            own = isinstance(node, Call) and FUNCTIONS[node.name].group == "running"
+            self._stateful[key] = own or any(self.has_state(c) for c in children(node))
+        return self._stateful[key]
+
+    def compile(self, node: Node) -> Fn:
+        fn = self._compile(node)
+        recorded = isinstance(node, (Call, Compare))
+        if not recorded or not self.trace:
+            return fn
+        nid = id(node)
+
+        def traced(ctx: Context, layer: str | None) -> Value:
+            v = fn(ctx, layer)
+            if ctx.explain is not None:
+                ctx.explain.values[(nid, layer)] = v
+            return v
+
+        return traced
+
+    def _compile(self, node: Node) -> Fn:
+        if isinstance(node, Num):
+            value = node.value
+            return lambda ctx, layer: value
+        if isinstance(node, Bool):
+            b = node.value
+            return lambda ctx, layer: b
+        if isinstance(node, Unary):
+            inner = self.compile(node.operand)
+            if node.op == "not":
+                return lambda ctx, layer: (None if (v := inner(ctx, layer)) is None else not v)
+            return lambda ctx, layer: (None if (v := inner(ctx, layer)) is None else -v)
+        if isinstance(node, Binary):
+            return self._binary(node)
+        if isinstance(node, Compare):
+            return self._compare(node)
+        if isinstance(node, Logic):
+            return self._logic(node)
+        if isinstance(node, Call):
+            return self._call(node)
+        raise TypeError(f"cannot evaluate {type(node).__name__}")  # pragma: no cover - the checker prevents it
+
+    def _binary(self, node: Binary) -> Fn:
+        left, right, op = self.compile(node.left), self.compile(node.right), node.op
+
+        def fn(ctx: Context, layer: str | None) -> Value:
+            a = left(ctx, layer)
+            b = right(ctx, layer)
+            if a is None or b is None:
+                return None
+            if op == "+":
+                return a + b
+            if op == "-":
+                return a - b
+            if op == "*":
+                return a * b
+            if b == 0:
+                return None  # undefined, not infinite: a rule never fires on a division by zero
+            return a / b
+
+        return fn
+
+    def _compare(self, node: Compare) -> Fn:
+        left, right, cmp = self.compile(node.left), self.compile(node.right), _COMPARE[node.op]
+        right_stateless = not self.has_state(node.right) and not self.trace
+
+        def fn(ctx: Context, layer: str | None) -> Value:
+            a = left(ctx, layer)
+            if a is None and right_stateless:
+                return None  # unknown whatever the right side is; it keeps no baseline that must see this step
+            b = right(ctx, layer)
+            if a is None or b is None or _is_nan(a) or _is_nan(b):
+                return None
+            return cmp(a, b)
+
+        return fn
+
+    def _logic(self, node: Logic) -> Fn:
+        items = [self.compile(i) for i in node.items]
+        # evaluation stops early only when no later item keeps a running baseline that must see every step
+        stateful_after = [any(self.has_state(i) for i in node.items[k + 1 :]) for k in range(len(node.items))]
+        if node.op == "and":
+
+            def fn_and(ctx: Context, layer: str | None) -> Value:
+                result: Value = True
+                for g, must_go_on in zip(items, stateful_after):
+                    v = g(ctx, layer)
+                    if v is False:
+                        result = False
+                        if not must_go_on and ctx.explain is None:
+                            return False
+                    elif v is None and result is True:
+                        result = None
+                return result
+
+            return fn_and
+
+        def fn_or(ctx: Context, layer: str | None) -> Value:
+            result: Value = False
+            for g, must_go_on in zip(items, stateful_after):
+                v = g(ctx, layer)
+                if v is True:
+                    result = True
+                    if not must_go_on and ctx.explain is None:
+                        return True
+                elif v is None and result is False:
+                    result = None
+            return result
+
+        return fn_or
+
+    def _call(self, node: Call) -> Fn:
+        spec = FUNCTIONS[node.name]
+        if spec.group == "aggregate":
+            return self._aggregate(node)
+        if spec.group == "quantifier":
+            return self._quantifier(node)
+        if spec.group == "running":
+            return self._running(node)
+        if spec.group == "scalar":
+            return self._scalar(node)
+        return self._run_fact(node)
+
+    def _aggregate(self, node: Call) -> Fn:
+        ref: SeriesRef = node.series  # type: ignore[assignment]
+        window: Window = node.window  # type: ignore[assignment]
+        name = node.name
+        extra = tuple(a.value for a in node.args[1:] if isinstance(a, Num))
+        self.needs.setdefault(ref.pattern, Needs()).add_window(window, name)
+        pattern = ref.pattern
+        wildcard = "*" in pattern
+
+        empty = 0.0 if name in ("count", "nonfinite") else None  # a series never sent has no points
+        ident = _AGGREGATE_IDS.setdefault((name, window, extra), len(_AGGREGATE_IDS))  # a cheap cache key
+
+        names: dict[str, str] = {}  # layer -> series name, so the name is built once per layer
+
+        def fn(ctx: Context, layer: str | None) -> Value:
+            if wildcard and layer is not None:
+                series = names.get(layer)
+                if series is None:
+                    if len(names) > 100_000:  # layers of every run seen: bounded
+                        names.clear()
+                    series = names[layer] = pattern.replace("*", layer)
+            else:
+                series = pattern
+            buf = ctx.view.series(series)
+            if buf is None:
+                return empty
+            step = ctx.step
+            if buf.steps and step >= buf.steps[-1]:  # as of now (not a late point): the buffer's own memo
+                memo = buf.memo
+                if ident in memo:
+                    return memo[ident]
+                value = memo[ident] = aggregate(name, buf, window, extra, step)
+                return value
+            return aggregate(name, buf, window, extra, step)
+
+        return fn
+
+    def _quantifier(self, node: Call) -> Fn:
+        body = self.compile(node.args[0])
+        patterns = tuple(sorted(set(_direct_wildcards(node.args[0]))))
+        name = node.name
+        nid = id(node)
+
+        def fn(ctx: Context, layer: str | None) -> Value:
+            if nid in ctx.memo:  # the body binds its own layer, so the result does not depend on an outer one
+                return ctx.memo[nid]
+            keys = ctx.view.layer_keys(patterns)
+            values = [(k, body(ctx, k)) for k in keys]
+            result = _reduce(name, values)
+            if ctx.explain is not None:
+                ctx.explain.seen[nid] = keys
+                if name in ("max_layers", "min_layers") and result is not None:
+                    ctx.explain.held[nid] = [k for k, v in values if v == result][:1]
+                else:
+                    ctx.explain.held[nid] = [k for k, v in values if v is True]
+            ctx.memo[nid] = result
+            return result
+
+        return fn
+
+    def _running(self, node: Call) -> Fn:
+        inner = self.compile(node.args[0])
+        pick = min if node.name == "running_min" else max
+        text = node.text
+        if node.window is not None:
+            return self._running_window(node, inner, pick)
+
+        def fn(ctx: Context, layer: str | None) -> Value:
+            key = text if layer is None else f"{text}|{layer}"
+            v = inner(ctx, layer)
+            old = ctx.updates.get(key, ctx.node_state.get(key))
+            if v is None or not math.isfinite(v):
+                return old
+            new = v if old is None else pick(old, v)
+            ctx.updates[key] = new
+            return new
+
+        return fn
+
+    def _running_window(self, node: Call, inner: Fn, pick) -> Fn:
+        """The extreme of an expression over its values in a trailing (optionally shifted) window of steps.
+
+        Keeps the expression's recent values (steps ``s`` and values ``v``, at most window + shift steps) in the
+        node state. Recording a step is idempotent, so evaluating twice (to explain) changes nothing."""
+        text = node.text
+        size, shift = node.window.size, node.window.shift  # type: ignore[union-attr]
+        span = size + shift
+
+        def fn(ctx: Context, layer: str | None) -> Value:
+            key = text if layer is None else f"{text}|{layer}"
+            saved = ctx.updates.get(key) or ctx.node_state.get(key)
+            step = ctx.step
+            if saved is None:
+                saved = {"first": step, "s": [], "v": []}
+            steps, values = saved["s"], saved["v"]
+            v = inner(ctx, layer)
+            if v is not None and math.isfinite(v):
+                if steps and steps[-1] >= step:
+                    i = bisect_left(steps, step)
+                    if i < len(steps) and steps[i] == step:
+                        values[i] = v
+                    else:
+                        steps.insert(i, step)
+                        values.insert(i, v)
+                else:
+                    steps.append(step)
+                    values.append(v)
+            cut = bisect_right(steps, step - span)
+            if cut:
+                del steps[:cut]
+                del values[:cut]
+            if step < saved["first"]:
+                saved["first"] = step
+            ctx.updates[key] = saved
+            if saved["first"] > step - span + 1:
+                return None  # the expression's history does not reach back over the whole window yet
+            lo = bisect_right(steps, step - span)
+            hi = bisect_right(steps, step - shift)
+            return pick(values[lo:hi]) if hi > lo else None
+
+        return fn
+
+    def _scalar(self, node: Call) -> Fn:
+        args = [self.compile(a) for a in node.args]
+        name = node.name
+
+        def fn(ctx: Context, layer: str | None) -> Value:
+            vals = [a(ctx, layer) for a in args]
+            if any(v is None for v in vals):
+                return None
+            if name == "abs":
+                return abs(vals[0])
+            if name == "log10":
+                return math.log10(vals[0]) if vals[0] > 0 and math.isfinite(vals[0]) else None
+            if name == "least":
+                return min(vals)
+            return max(vals)
+
+        return fn
+
+    def _run_fact(self, node: Call) -> Fn:
+        name = node.name
+        arg = node.args[0].value if node.args and isinstance(node.args[0], Str) else None
+        if name == "step":
+            return lambda ctx, layer: float(ctx.step)
+        if name == "running":
+            return lambda ctx, layer: ctx.view.facts.status == "running"
+        if name == "ended":
+            if arg is None:
+                return lambda ctx, layer: ctx.view.facts.status in END_STATUSES
+            return lambda ctx, layer: ctx.view.facts.status == arg
+        if name == "idle_s":
+            return lambda ctx, layer: ctx.view.facts.idle_s
+        if name == "elapsed_s":
+
+            def elapsed(ctx: Context, layer: str | None) -> Value:
+                f = ctx.view.facts
+                if f.start_time is None or f.last_time is None:
+                    return None
+                return f.last_time - f.start_time
+
+            return elapsed
+        if name == "setting":
+            return lambda ctx, layer: ctx.settings.get(arg)
+        raise ValueError(f"unknown run function {name}")  # pragma: no cover - the checker prevents it
+
+
+def _reduce(name: str, values: list[tuple[str, Value]]) -> Value:
+    vals = [v for _, v in values]
+    if name == "any_layer":  # over no layers at all: false (no layer shows it), so "or" alternatives work
+        if any(v is True for v in vals):
+            return True
+        return None if any(v is None for v in vals) else False
+    if name == "all_layers":
+        if any(v is False for v in vals):
+            return False
+        return None if any(v is None for v in vals) or not vals else True
+    if name == "count_layers":
+        return float(sum(1 for v in vals if v is True))
+    nums = sorted(v for v in vals if v is not None and not _is_nan(v))
+    if not nums:
+        return None
+    if name == "max_layers":
+        return nums[-1]
+    if name == "min_layers":
+        return nums[0]
+    mid = len(nums) // 2  # median_layers
+    return nums[mid] if len(nums) % 2 else (nums[mid - 1] + nums[mid]) / 2
+
+
+def _direct_wildcards(node: Node) -> Iterable[str]:
+    """Per-layer series patterns a quantifier's body reads itself (not those of a nested quantifier)."""
+    if isinstance(node, Call):
+        spec = FUNCTIONS[node.name]
+        if spec.group == "quantifier":
+            return
+        if spec.group == "aggregate" and node.series is not None and node.series.wildcard:
+            yield node.series.pattern
+            return
+    for c in children(node):
+        yield from _direct_wildcards(c)
+
+
+@dataclass
+class Program:
+    """A compiled condition: call ``fn(ctx, layer)``."""
+
+    checked: Checked
+    fn: Fn
+    needs: dict[str, Needs]
+    layer_patterns: tuple[str, ...]  # for scope: layer, which series define the layers
+    explain_fn: Fn | None = None  # the same, recording every value for the reason and evidence
+
+
+def compile_condition(checked: Checked) -> Program:
+    compiler = Compiler()
+    fn = compiler.compile(checked.tree)
+    return Program(
+        checked=checked,
+        fn=fn,
+        needs=compiler.needs,
+        layer_patterns=tuple(sorted(set(_direct_wildcards(checked.tree)))),
+        explain_fn=Compiler(trace=True).compile(checked.tree),
+    )
+
+
+# ---------------------------------------------------------------- reasons
+
+
+def fmt(v: Value) -> str:
+    """A number as a person reads it: 4 significant digits."""
+    if v is None:
+        return "no data"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if _is_nan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "Inf" if v > 0 else "-Inf"
+    if v == int(v) and abs(v) < 1e15:
+        return str(int(v))
+    return f"{v:.4g}"
+
+
+def describe(node: Node, layer: str | None, ex: Explain, limit_layers: int = 5) -> list[str]:
+    """Sentences naming each test that held: the metric, its value and the threshold."""
+    if isinstance(node, Compare):
+        left = ex.values.get((id(node.left), layer))
+        right = ex.values.get((id(node.right), layer))
+        lv, rv = literal_value(node.left), literal_value(node.right)
+        ltxt = node.left.text if lv is not None else f"{node.left.text} = {fmt(left)}"
+        rtxt = node.right.text if rv is not None else f"{node.right.text} = {fmt(right)}"
+        if left is None and lv is None:
+            ltxt = f"{node.left.text} = {fmt(_value_of(node.left, layer, ex))}"
+        if right is None and rv is None:
+            rtxt = f"{node.right.text} = {fmt(_value_of(node.right, layer, ex))}"
+        return [f"{ltxt} {node.op} {rtxt}"]
+    if isinstance(node, Logic):
+        held = [item for item in node.items if _truth(item, layer, ex) is True]
+        findings = [item for item in held if not _is_guard(item)]
+        out: list[str] = []
+        for item in findings or held:  # "count(x) >= 10" and "step() >= 200" only say there was enough data
+            out.extend(describe(item, layer, ex, limit_layers))
+        return out
+    if isinstance(node, Unary) and node.op == "not":
+        return [f"not ({node.operand.text})"]
+    if isinstance(node, Call):
+        spec = FUNCTIONS[node.name]
+        if spec.group == "quantifier":
+            held = ex.held.get(id(node), [])
+            if node.name in ("any_layer", "all_layers", "count_layers") and held:
+                body = node.args[0]
+                shown = held[:limit_layers]
+                more = f"; and {len(held) - len(shown)} more" if len(held) > len(shown) else ""
+                parts = [f"{k}: {', '.join(describe(body, k, ex, limit_layers)) or body.text}" for k in shown]
+                return [f"in {'; '.join(parts)}{more}"]
+            return [f"{node.text} = {fmt(ex.values.get((id(node), layer)))}"]
+        if node.name == "ended":
+            return ["the run ended with status " + (node.args[0].value if node.args else "ended")]
+        return [f"{node.text} = {fmt(ex.values.get((id(node), layer)))}"]
+    return [node.text]
+
+
+_GUARD_FUNCTIONS = ("count", "step", "count_layers", "elapsed_s")
+
+
+def _is_guard(node: Node) -> bool:
+    """A test that only checks there is enough data (count(...) >= N, step() >= N), not a finding."""
+    if not isinstance(node, Compare):
+        return False
+    sides = (node.left, node.right)
+    has_literal = any(literal_value(s) is not None for s in sides)
+    return has_literal and any(isinstance(s, Call) and s.name in _GUARD_FUNCTIONS for s in sides)
+
+
+def _truth(node: Node, layer: str | None, ex: Explain) -> Value:
+    if isinstance(node, (Call, Compare)):
+        return ex.values.get((id(node), layer))
+    if isinstance(node, Logic):
+        vals = [_truth(i, layer, ex) for i in node.items]
+        if node.op == "and":
+            return False if False in vals else (None if None in vals else True)
+        return True if True in vals else (None if None in vals else False)
+    if isinstance(node, Unary) and node.op == "not":
+        v = _truth(node.operand, layer, ex)
+        return None if v is None else not v
+    if isinstance(node, Bool):
+        return node.value
+    return None
+
+
+def _value_of(node: Node, layer: str | None, ex: Explain) -> Value:
+    """Best-effort value of an arithmetic node from recorded children (for the reason text)."""
+    if isinstance(node, Num):
+        return node.value
+    if (id(node), layer) in ex.values:
+        return ex.values[(id(node), layer)]
+    if isinstance(node, Binary):
+        a, b = _value_of(node.left, layer, ex), _value_of(node.right, layer, ex)
+        if a is None or b is None:
+            return None
+        try:
+            return {"+": a + b, "-": a - b, "*": a * b}.get(node.op) if node.op != "/" else (a / b if b else None)
+        except TypeError:
+            return None
+    if isinstance(node, Unary) and node.op == "-":
+        v = _value_of(node.operand, layer, ex)
+        return -v if v is not None else None
+    return None
+
+
+def recorded_values(tree: Node, layer: str | None, ex: Explain) -> dict[str, Value]:
+    """{expression text: value} for every aggregate and function seen at ``layer`` (not inside quantifiers)."""
+    out: dict[str, Value] = {}
+
+    def visit(node: Node) -> None:
+        if isinstance(node, Call):
+            key = (id(node), layer)
+            if key in ex.values and FUNCTIONS[node.name].returns == "num":
+                out[node.text] = ex.values[key]
+            if FUNCTIONS[node.name].group == "quantifier":
+                return
+        for c in children(node):
+            visit(c)
+
+    visit(tree)
+    return out
+
+
+def quantifier_nodes(tree: Node) -> list[Call]:
+    """The outermost quantifiers of a tree (those nested in another one describe its inner workings)."""
+    out: list[Call] = []
+
+    def visit(node: Node) -> None:
+        if isinstance(node, Call) and FUNCTIONS[node.name].group == "quantifier":
+            out.append(node)
+            return
+        for c in children(node):
+            visit(c)
+
+    visit(tree)
+    return out

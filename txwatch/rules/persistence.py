@@ -1,0 +1,224 @@
+"""The rule engine's tables: ``engine_state`` (saved trackers, one row per run) and ``diagnoses``.
+
+Evaluation of a run is serialized through its ``engine_state`` row: the first statement of every evaluation
+inserts the row if missing and then locks it (``SELECT ... FOR UPDATE`` on PostgreSQL; on SQLite the insert
+itself takes the database's write lock). Two collectors sharing one database therefore take turns per run, and
+one that finds the row's ``version`` moved reloads the state the other saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from txwatch.rules.core import Transition
+from txwatch.rules.state import RunState
+from txwatch.store.models import RUN_LAYER_NONE, Diagnosis, EngineState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DiagnosisChange:
+    """A diagnosis that fired, updated or resolved (what ``RuleEngine.observe`` returns)."""
+
+    kind: str  # fire | update | resolve
+    run_id: int
+    rule_id: str
+    layer: str | None
+    episode: int
+    step: int
+    severity: str
+    state: str  # firing | resolved
+    reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    diagnosis_id: int | None = None
+    notified: bool = True
+
+
+def utc(ts: float | None) -> datetime:
+    if ts is None or not math.isfinite(ts):
+        return datetime.now(timezone.utc)
+    return datetime.fromtimestamp(ts, timezone.utc)
+
+
+def json_safe(value: Any) -> Any:
+    """Evidence for a JSON column: NaN and infinities become the strings "NaN", "Infinity", "-Infinity"."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _insert(session: Session):
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def lock_state_row(session: Session, run_id: int) -> int:
+    """Create the run's engine_state row if missing, lock it for this transaction, and return its version."""
+    insert = _insert(session)
+    now = datetime.now(timezone.utc)
+    session.execute(
+        insert(EngineState)
+        .values(run_id=run_id, state={}, version=0, updated=now)
+        .on_conflict_do_nothing(index_elements=["run_id"])
+    )
+    version = session.execute(
+        select(EngineState.version).where(EngineState.run_id == run_id).with_for_update()
+    ).scalar_one()
+    return int(version)
+
+
+def load_state_blob(session: Session, run_id: int) -> dict[str, Any] | None:
+    return session.execute(select(EngineState.state).where(EngineState.run_id == run_id)).scalar_one_or_none()
+
+
+def save_state(session: Session, state: RunState, version: int) -> int:
+    new_version = version + 1
+    session.execute(
+        update(EngineState)
+        .where(EngineState.run_id == state.run_id)
+        .values(state=state.to_state(), version=new_version, updated=datetime.now(timezone.utc))
+    )
+    return new_version
+
+
+def next_episode(session: Session, run_id: int, rule_id: str, layer: str) -> int:
+    current = session.execute(
+        select(func.max(Diagnosis.episode)).where(
+            Diagnosis.run_id == run_id, Diagnosis.rule_id == rule_id, Diagnosis.layer == layer
+        )
+    ).scalar_one_or_none()
+    return int(current or 0) + 1
+
+
+def open_row(session: Session, run_id: int, rule_id: str, layer: str) -> Diagnosis | None:
+    return session.execute(
+        select(Diagnosis)
+        .where(
+            Diagnosis.run_id == run_id,
+            Diagnosis.rule_id == rule_id,
+            Diagnosis.layer == layer,
+            Diagnosis.state == "firing",
+        )
+        .order_by(Diagnosis.episode.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+
+
+def apply_transitions(
+    session: Session,
+    run_id: int,
+    transitions: list[Transition],
+    state: RunState | None,
+    notifier: Any,
+) -> list[DiagnosisChange]:
+    """Write the diagnoses rows for ``transitions`` and tell the notifier, in the caller's transaction."""
+    changes: list[DiagnosisChange] = []
+    for tr in transitions:
+        if tr.kind not in ("fire", "update", "resolve"):
+            continue  # pending and cancelled live in the engine state only
+        layer = tr.layer if tr.layer is not None else RUN_LAYER_NONE
+        tracker = state.tracker(tr.rule.id, tr.layer) if state is not None else None
+        row: Diagnosis | None
+        when = utc(tr.time)
+        evidence = json_safe(tr.evidence)
+        if tr.kind == "fire":
+            episode = max(next_episode(session, run_id, tr.rule.id, layer), tr.episode)
+            row = Diagnosis(
+                run_id=run_id,
+                rule_id=tr.rule.id,
+                layer=layer,
+                episode=episode,
+                state="firing",
+                severity=tr.rule.severity,
+                symptom=tr.rule.symptom,
+                cause=tr.rule.cause,
+                fix=list(tr.rule.fix),
+                labels=dict(tr.rule.labels),
+                evidence=evidence,
+                reason=tr.reason,
+                first_step=tr.step,
+                last_step=tr.step,
+                first_seen=when,
+                last_seen=when,
+            )
+            session.add(row)
+            session.flush()
+            if tracker is not None:
+                tracker.episode = episode
+                tracker.diagnosis_id = row.id
+        else:
+            row = None
+            if tracker is not None and tracker.diagnosis_id is not None:
+                row = session.get(Diagnosis, tracker.diagnosis_id)
+            if row is None or row.state != "firing":
+                row = open_row(session, run_id, tr.rule.id, layer)
+            if row is None:
+                log.warning("diagnosis %s for run %s (layer %r) is gone; not updating it", tr.rule.id, run_id, layer)
+                continue
+            row.last_step = max(row.last_step or tr.step, tr.step)
+            row.last_seen = when
+            if tr.kind == "resolve":
+                # keep the figures that showed the problem; add how it went away
+                row.state = "resolved"
+                row.resolved_step = tr.step
+                row.resolved_at = when
+                row.evidence = {**(row.evidence or {}), "resolution": {**evidence, "reason": tr.reason}}
+                if tracker is not None:
+                    tracker.diagnosis_id = None
+            else:
+                # the latest figures, keeping those it fired with under "first"
+                old = dict(row.evidence or {})
+                first = old.get("first") or {k: v for k, v in old.items() if k != "first"}
+                row.evidence = {**evidence, "first": first}
+                row.reason = tr.reason
+            session.flush()
+        notify = tr.kind != "update" or tr.notify
+        if notify:
+            notify_safely(session, notifier, row, tr.kind)
+        changes.append(
+            DiagnosisChange(
+                kind=tr.kind,
+                run_id=run_id,
+                rule_id=tr.rule.id,
+                layer=tr.layer,
+                episode=row.episode,
+                step=tr.step,
+                severity=tr.rule.severity,
+                state=row.state,
+                reason=tr.reason,
+                evidence=tr.evidence,
+                diagnosis_id=row.id,
+                notified=notify,
+            )
+        )
+    return changes
+
+
+def notify_safely(session: Session, notifier: Any, row: Diagnosis, kind: str) -> None:
+    """Call the notifier inside a savepoint: a failing notifier must not lose the diagnosis itself."""
+    if notifier is None:
+        return
+    try:
+        with session.begin_nested():
+            notifier.record(session, row, kind)
+    except Exception:
+        log.exception("notifier failed to record %s of %s (run %s); the diagnosis is stored", kind, row.rule_id, row.run_id)

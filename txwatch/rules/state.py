@@ -1,0 +1,146 @@
+"""One run's engine state: series buffers, layer families, run facts, trackers and running baselines.
+
+It saves to and restores from a compact blob (JSON, zlib-compressed, base64 inside a JSON object): compressed
+because it is written on every batch, and wrapped because PostgreSQL's JSON type rejects the NaN and Infinity
+that a diverging run's buffers legitimately hold.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import zlib
+from dataclasses import asdict
+from typing import Any
+
+from txwatch.rules.evaluate import RunFacts
+from txwatch.rules.lifecycle import Tracker
+from txwatch.rules.window import Needs, SeriesBuffer
+
+STATE_FORMAT = 1
+
+
+class SeriesIndex:
+    """Which series the loaded rules read, and what each needs (shared by every run's state)."""
+
+    def __init__(self, needs_by_pattern: dict[str, Needs]):
+        self.exact: dict[str, Needs] = {}
+        self.wild: list[tuple[str, re.Pattern[str], Needs]] = []
+        for pattern, needs in needs_by_pattern.items():
+            if "*" in pattern:
+                prefix, suffix = pattern.split("*", 1)
+                rx = re.compile("^" + re.escape(prefix) + "(.+)" + re.escape(suffix) + "$")
+                self.wild.append((pattern, rx, needs))
+            else:
+                self.exact[pattern] = needs
+        self._cache: dict[str, tuple[Needs | None, list[tuple[str, str]]]] = {}
+
+    def match(self, name: str) -> tuple[Needs | None, list[tuple[str, str]]]:
+        """The merged needs of ``name`` (None: no rule reads it) and its (pattern, layer key) memberships."""
+        hit = self._cache.get(name)
+        if hit is not None:
+            return hit
+        needs: Needs | None = None
+        families: list[tuple[str, str]] = []
+        if name in self.exact:
+            needs = Needs()
+            needs.merge(self.exact[name])
+        for pattern, rx, n in self.wild:
+            m = rx.match(name)
+            if m:
+                needs = needs or Needs()
+                needs.merge(n)
+                families.append((pattern, m.group(1)))
+        if len(self._cache) < 200_000:  # bounded: a pathological run cannot grow it without limit
+            self._cache[name] = (needs, families)
+        return needs, families
+
+
+class RunState:
+    """Everything the engine remembers about one run between batches."""
+
+    def __init__(self, run_id: int, index: SeriesIndex):
+        self.run_id = run_id
+        self.index = index
+        self.buffers: dict[str, SeriesBuffer] = {}
+        self.families: dict[str, dict[str, str]] = {}  # pattern -> layer key -> series name
+        self.facts = RunFacts()
+        self.trackers: dict[str, Tracker] = {}  # "rule_id|layer" -> tracker
+        self.node_state: dict[str, dict[str, float]] = {}  # rule_id -> running baselines
+        self.max_step = 0
+        self.version = 0  # engine_state.version this state corresponds to
+        self._layer_cache: dict[tuple[str, ...], list[str]] = {}
+
+    # ------------------------------------------------------------ the View protocol
+
+    def series(self, name: str) -> SeriesBuffer | None:
+        return self.buffers.get(name)
+
+    def layer_keys(self, patterns: tuple[str, ...]) -> list[str]:
+        keys = self._layer_cache.get(patterns)
+        if keys is None:
+            found: set[str] = set()
+            for p in patterns:
+                found.update(self.families.get(p, ()))
+            keys = sorted(found)
+            self._layer_cache[patterns] = keys
+        return keys
+
+    # ------------------------------------------------------------ writing
+
+    def buffer_for(self, name: str) -> SeriesBuffer | None:
+        """The buffer of ``name``, created on first sight when a rule reads it; None when none does."""
+        buf = self.buffers.get(name)
+        if buf is not None:
+            return buf
+        needs, families = self.index.match(name)
+        if needs is None:
+            return None
+        buf = SeriesBuffer(needs)
+        self.buffers[name] = buf
+        for pattern, key in families:
+            self.families.setdefault(pattern, {})[key] = name
+        if families:
+            self._layer_cache.clear()
+        return buf
+
+    def tracker(self, rule_id: str, layer: str | None) -> Tracker:
+        key = f"{rule_id}|{layer or ''}"
+        t = self.trackers.get(key)
+        if t is None:
+            t = self.trackers[key] = Tracker()
+        return t
+
+    # ------------------------------------------------------------ saving
+
+    def to_state(self) -> dict[str, Any]:
+        payload = {
+            "format": STATE_FORMAT,
+            "max_step": self.max_step,
+            "facts": asdict(self.facts),
+            "buffers": {name: b.to_state() for name, b in self.buffers.items()},
+            "trackers": {k: t.to_state() for k, t in self.trackers.items() if t.state != "inactive" or t.episode},
+            "nodes": self.node_state,
+        }
+        raw = json.dumps(payload, separators=(",", ":"), allow_nan=True).encode()
+        return {"format": STATE_FORMAT, "data": base64.b64encode(zlib.compress(raw, 1)).decode("ascii")}
+
+    @classmethod
+    def from_state(cls, run_id: int, index: SeriesIndex, saved: dict[str, Any] | None) -> RunState:
+        state = cls(run_id, index)
+        if not saved or saved.get("format") != STATE_FORMAT or "data" not in saved:
+            return state
+        payload = json.loads(zlib.decompress(base64.b64decode(saved["data"])))
+        state.max_step = int(payload.get("max_step", 0))
+        state.facts = RunFacts(**payload.get("facts", {}))
+        for name, b in payload.get("buffers", {}).items():
+            needs, families = index.match(name)
+            if needs is None:  # no rule reads it any more
+                continue
+            state.buffers[name] = SeriesBuffer.from_state(b, needs)
+            for pattern, key in families:
+                state.families.setdefault(pattern, {})[key] = name
+        state.trackers = {k: Tracker.from_state(t) for k, t in payload.get("trackers", {}).items()}
+        state.node_state = payload.get("nodes", {})
+        return state
