@@ -96,13 +96,75 @@ class EmbeddedCollector:
         self.services.close()
 
 
-def open_embedded(db_url: str | None = None, *, console: Any = True, jobs: bool = True) -> EmbeddedCollector:
-    """An in-process collector on ``db_url`` (default: ``TXWATCH_DB_URL`` or the local SQLite database).
+class _SharedHandle:
+    """One monitor's reference to the process's shared embedded collector; ``close()`` releases it, and the
+    last release closes the collector. Several monitors in one process (the demo's runs, a sweep in threads)
+    so share one database connection pool, one rule engine and one set of background jobs."""
+
+    def __init__(self, key: tuple, collector: EmbeddedCollector):
+        self._key = key
+        self._collector = collector
+        self._released = False
+
+    @property
+    def services(self) -> Any:
+        return self._collector.services
+
+    @property
+    def last_status(self) -> int | None:
+        return self._collector.last_status
+
+    @property
+    def last_error(self) -> str | None:
+        return self._collector.last_error
+
+    def send(self, batch: dict, timeout_s: float = DEFAULT_SEND_TIMEOUT_S) -> bool:
+        return self._collector.send(batch, timeout_s)
+
+    def flush(self, timeout_s: float = DEFAULT_SEND_TIMEOUT_S) -> bool:
+        return self._collector.flush(timeout_s)
+
+    def close(self) -> None:
+        with _SHARED_LOCK:
+            if self._released:
+                return
+            self._released = True
+            entry = _SHARED.get(self._key)
+            last = entry is not None and entry[0] is self._collector and entry[1] <= 1
+            if last:
+                del _SHARED[self._key]
+            elif entry is not None:
+                entry[1] -= 1
+        if last:
+            self._collector.close()
+
+
+_SHARED: dict[tuple, list] = {}  # (db_url, jobs) -> [EmbeddedCollector, references]
+_SHARED_LOCK = threading.Lock()  # also serializes opening: Alembic's upgrade is not safe to run concurrently
+
+
+def open_embedded(db_url: str | None = None, *, console: Any = True, jobs: bool = True) -> Any:
+    """A handle on the in-process collector for ``db_url`` (default: ``TXWATCH_DB_URL`` or the local SQLite
+    database), shared by every caller in this process asking for the same database with the default console.
 
     Applies migrations, builds the rule engine and console alerts (``console``: True logs diagnoses, or a
     callback ``(text, payload)``), and starts the background jobs (time-based rules, alert dispatch).
     Raises ``SettingsError``/``DatabaseError``/``RuleError`` on configuration problems, naming them.
     """
+    import os
+
+    if console is not True:  # a private console callback: a private collector
+        return _open_collector(db_url, console=console, jobs=jobs)
+    key = (db_url or os.environ.get("TXWATCH_DB_URL") or "", jobs)
+    with _SHARED_LOCK:
+        entry = _SHARED.get(key)
+        if entry is None or entry[0]._closed:
+            entry = _SHARED[key] = [_open_collector(db_url, console=console, jobs=jobs), 0]
+        entry[1] += 1
+        return _SharedHandle(key, entry[0])
+
+
+def _open_collector(db_url: str | None, *, console: Any, jobs: bool) -> EmbeddedCollector:
     from txwatch.scheduler import Scheduler
     from txwatch.services import build_services
     from txwatch.settings import load_settings
