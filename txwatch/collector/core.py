@@ -133,7 +133,10 @@ class Collector:
 
     def _observe(self, run_id: int, batch: Batch) -> None:
         try:
-            self.rules.observe(run_id, batch.series, [e.model_dump() for e in batch.events])
+            # On SQLite the rule engine's writes (diagnoses, engine state) would otherwise race ingest's for the
+            # one write lock, and SQLite's busy handler sleeps up to 100 ms per retry; queue them here instead.
+            with self._write_lock:
+                self.rules.observe(run_id, batch.series, [e.model_dump() for e in batch.events])
         except Exception as exc:  # a rule bug must not lose data: the batch is already committed
             kind = f"{exc.__class__.__name__}: {exc}"[:200]
             if kind not in self._rule_errors:
