@@ -218,6 +218,21 @@ def test_run_stalled_fires_from_the_scheduler_and_resolves_when_the_run_speaks_a
     assert notifier.kinds("run-stalled") == ["fire", "resolve"]
 
 
+def test_a_run_whose_process_vanished_stays_stalled(sessions, feeder_factory):
+    engine = _engine(sessions, stall_after_s=60.0)
+    feed = feeder_factory(engine, run="killed")
+    feed.steps(0, 10, loss=lambda s: 1.0)
+    with sessions() as s, s.begin():  # what the scheduler does when the training process is gone
+        run = s.execute(select(Run)).scalar_one()
+        run.status, run.end_reason = "vanished", "vanished"
+        last_seen = run.last_seen if run.last_seen.tzinfo else run.last_seen.replace(tzinfo=timezone.utc)
+    later = last_seen + timedelta(minutes=5)
+    changes = engine.check_time(now=later.timestamp())
+    assert [(c.rule_id, c.kind) for c in changes] == [("run-stalled", "fire")]
+    assert changes[0].evidence["run"]["status"] == "vanished"
+    assert engine.check_time(now=later.timestamp() + 3600) == []  # still gone: still diagnosed, nothing new
+
+
 def test_a_finished_run_is_never_stalled_and_an_open_stall_resolves_when_it_ends(sessions, feeder_factory):
     engine = _engine(sessions, stall_after_s=60.0)
     feed = feeder_factory(engine, run="done")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from txwatch.rules.detectors import detect
+from txwatch.rules.evaluate import Context
 from txwatch.rules.lifecycle import Tracker, advance
 from txwatch.rules.model import Rule
 from txwatch.rules.state import RunState, SeriesIndex
@@ -121,6 +122,7 @@ class Core:
             due: dict[str, tuple[Rule, set[str] | None]] = {}
             for buf, t, v, affected in entries:
                 buf.add(step, t, v)
+                state.touched(buf)
                 if t > tmax:
                     tmax = t
                 for rule, key in affected:
@@ -184,19 +186,23 @@ class Core:
         out: list[Transition],
         holds: dict[tuple[str, str | None], tuple[Rule, str | None, int, float]],
     ) -> None:
-        node_state = state.node_state.setdefault(rule.id, {})
+        node_state = state.node_state.get(rule.id)
+        if node_state is None:
+            node_state = state.node_state[rule.id] = {}
         t = state.tracker(rule.id, layer)
-        det = detect(rule, state, step, self.settings, node_state, layer, explain=False)
-        held = det.fired
-        updates = det.updates
+        # the fast path: the compiled condition straight on the state (detect() adds reasons and evidence)
+        ctx = Context(state, step, self.settings, node_state, {}, {}, None)
+        held = rule.program.fn(ctx, layer)
+        updates = ctx.updates
         clears = None
         rp = rule.resolve_program
         if t.state == "firing" or (rp is not None and rp.checked.stateful):
             if rp is not None:
-                rdet = detect(rule, state, step, self.settings, node_state, layer, explain=False, program=rp)
-                updates = {**updates, **rdet.updates}
+                rctx = Context(state, step, self.settings, node_state, {}, {}, None)
+                resolved = rp.fn(rctx, layer)
+                updates = {**updates, **rctx.updates}
                 if t.state == "firing":
-                    clears = rdet.fired
+                    clears = resolved
             elif held is not None:
                 clears = not held
         what = advance(t, held, clears, step, time, rule.hold, rule.resolve_hold)
@@ -245,7 +251,7 @@ class Core:
 def _not_reason(rule: Rule, det) -> str:
     values = det.evidence.get("values", {})
     if values:
-        from txwatch.rules.evaluate import fmt
+        from txwatch.rules.reasons import fmt
 
         shown = "; ".join(f"{k} = {fmt(v)}" for k, v in list(values.items())[:4])
         return f"the condition is false now ({shown})"

@@ -10,17 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from txwatch.rules.evaluate import (
-    Context,
-    Explain,
-    Program,
-    Value,
-    View,
-    describe,
-    fmt,
-    quantifier_nodes,
-    recorded_values,
-)
+from txwatch.rules.evaluate import Context, Explain, Program, Value, View
+from txwatch.rules.reasons import describe, fmt, quantifier_nodes, recorded_values
 from txwatch.rules.model import Rule
 
 MAX_EVIDENCE_LAYERS = 20  # evidence names at most this many layers (and says how many there were)

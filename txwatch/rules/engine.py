@@ -42,6 +42,9 @@ LOCK_STRIPES = 64  # per-run serialization inside one process without a lock obj
 ERROR_LOG_INTERVAL_S = 60.0  # a failing run is logged at most this often
 OPTIMISTIC_TRIES = 2  # evaluations without the lock before one that holds it (conflicts need two collectors)
 RUNNING_STATUSES = ("running", "stalled")  # statuses of a run that has not ended
+# a run whose process died without a word (kill -9, the kernel's OOM killer) is "vanished": it never ended
+# properly, so time-based rules keep watching it for this long after it was last heard from
+VANISHED_WATCH_S = 7 * 24 * 3600.0
 
 
 class _Facts:
@@ -143,7 +146,12 @@ class RuleEngine:
         return changes
 
     def _current_state(self, run_id: int) -> RunState:
-        """The run's state as last saved: from the cache when its version is current, else the database."""
+        """The run's state as last saved: the cached one (its version is checked when saving), else the
+        database's."""
+        with self._cache_lock:
+            cached = self._cache.get(run_id)
+        if cached is not None:
+            return cached
         with self.session_factory() as session:
             row = session.execute(select(EngineState.version).where(EngineState.run_id == run_id)).first()
             version = int(row[0]) if row is not None else 0
@@ -164,8 +172,11 @@ class RuleEngine:
         ids = [r.id for r in time_rules]
         try:
             with self.session_factory() as session:
+                recent = datetime.fromtimestamp(now - VANISHED_WATCH_S, timezone.utc)
                 live = session.execute(
-                    select(Run.id, Run.status, Run.last_seen, Run.end_reason).where(Run.status.in_(RUNNING_STATUSES))
+                    select(Run.id, Run.status, Run.last_seen, Run.end_reason).where(
+                        Run.status.in_(RUNNING_STATUSES) | ((Run.status == "vanished") & (Run.last_seen >= recent))
+                    )
                 ).all()
                 open_rows = session.execute(
                     select(Diagnosis.run_id, Diagnosis.rule_id).where(
@@ -265,7 +276,12 @@ def _facts_of(run: Any, now: float) -> RunFacts:
     last_seen: datetime = run.last_seen
     if last_seen.tzinfo is None:  # SQLite returns naive datetimes: they were written as UTC
         last_seen = last_seen.replace(tzinfo=timezone.utc)
-    status = "running" if run.status in RUNNING_STATUSES else (run.end_reason or run.status)
+    if run.status in RUNNING_STATUSES:
+        status = "running"
+    elif run.status == "vanished":
+        status = "vanished"  # neither running nor ended: the process is gone without a word
+    else:
+        status = run.end_reason or run.status
     return RunFacts(status=status, idle_s=max(0.0, now - last_seen.timestamp()))
 
 

@@ -71,6 +71,10 @@ class RunState:
         self.max_step = 0
         self.version = 0  # engine_state.version this state corresponds to
         self._layer_cache: dict[tuple[str, ...], list[str]] = {}
+        # transient (not saved): a counter per series pattern, bumped when any of its series gets a point or a
+        # layer joins, so a per-layer test over unchanged series is not recomputed at every step
+        self.family_version: dict[str, int] = {}
+        self.quantifier_memo: dict[int, tuple] = {}
 
     # ------------------------------------------------------------ the View protocol
 
@@ -98,6 +102,7 @@ class RunState:
         if needs is None:
             return None
         buf = SeriesBuffer(needs)
+        buf.patterns = tuple(p for p, _ in families) + ((name,) if name in self.index.exact else ())
         self.buffers[name] = buf
         for pattern, key in families:
             self.families.setdefault(pattern, {})[key] = name
@@ -105,8 +110,14 @@ class RunState:
             self._layer_cache.clear()
         return buf
 
+    def touched(self, buf: SeriesBuffer) -> None:
+        """``buf`` got a point: what was computed from its families is out of date."""
+        fv = self.family_version
+        for p in buf.patterns:
+            fv[p] = fv.get(p, 0) + 1
+
     def tracker(self, rule_id: str, layer: str | None) -> Tracker:
-        key = f"{rule_id}|{layer or ''}"
+        key = rule_id + "|" + layer if layer else rule_id + "|"
         t = self.trackers.get(key)
         if t is None:
             t = self.trackers[key] = Tracker()
@@ -138,7 +149,8 @@ class RunState:
             needs, families = index.match(name)
             if needs is None:  # no rule reads it any more
                 continue
-            state.buffers[name] = SeriesBuffer.from_state(b, needs)
+            buf = state.buffers[name] = SeriesBuffer.from_state(b, needs)
+            buf.patterns = tuple(p for p, _ in families) + ((name,) if name in index.exact else ())
             for pattern, key in families:
                 state.families.setdefault(pattern, {})[key] = name
         state.trackers = {k: Tracker.from_state(t) for k, t in payload.get("trackers", {}).items()}

@@ -85,6 +85,7 @@ class SeriesBuffer:
         "times_sorted",
         "bad",
         "memo",
+        "patterns",
     )
 
     def __init__(self, needs: Needs):
@@ -114,6 +115,7 @@ class SeriesBuffer:
         # aggregate results for the buffer as it is now (cleared by every add): a series that did not change
         # since the last step costs a dict lookup, however many rules and steps read it
         self.memo: dict = {}
+        self.patterns: tuple[str, ...] = ()  # the rule patterns this series belongs to (set by the run state)
 
     # ------------------------------------------------------------ writing
 
