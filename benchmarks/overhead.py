@@ -3,15 +3,17 @@
     .venv/bin/python benchmarks/overhead.py            # CPU (and the GPU too when there is one)
     .venv/bin/python benchmarks/overhead.py --seconds 30 --device cpu
 
-Three identical GPT-style models train side by side on the same batches, in alternating blocks of steps:
-``baseline`` (no txwatch), ``default`` (``watch()`` with its default sampling) and ``every-step``
-(per-layer gradient norms, update ratios and parameter norms on every step). Batches go over real HTTP to a
+Identical GPT-style models train side by side on the same batches, in alternating blocks of steps:
+``baseline`` (no txwatch), ``control`` (no txwatch either: how far two identical copies differ here),
+``default`` (``watch()`` with its default sampling) and ``every-step`` (per-layer gradient norms, update
+ratios and parameter norms on every step). Batches go over real HTTP to a
 stand-in collector in another process, so the transport's work (JSON, HTTP) is inside the measurement.
 Interleaving makes neighbours' load hit every configuration alike, but on a shared host even CPU time per
 step swings by several percent between identical configurations. So the targets (default <= 1.01x,
 every-step <= 1.03x the baseline) are checked on the CPU time txwatch itself spends per step (its hooks on
 the training thread and its own threads, measured with per-thread CPU clocks), and the interleaved CPU and
-wall-clock ratios are printed beside it (see ``report``).
+wall-clock ratios are printed beside it (see ``report``). On a GPU, where the host mostly waits for the
+device and nothing else shares it, the targets are checked on the interleaved wall-clock ratio.
 
 On the CPU, one intra-op thread is used by default (--threads): on a shared host, multi-threaded OpenMP
 timings measure the neighbours more than the job.
@@ -152,6 +154,7 @@ def run(device: torch.device, seconds: float, block: int, shape: dict,
     base = TinyGPT(**_model_shape(shape)).to(device)
     configs = {
         "baseline": None,
+        "control": None,  # a second unmonitored copy: its ratio is the measurement's own bias and noise
         "default": {},
         "every-step": {"grad_every": 1, "update_every": 1},
     }
@@ -242,7 +245,8 @@ def report(device: torch.device, times: dict[str, list[tuple[float, float]]], ow
         target = TARGETS.get(name)
         verdict = ""
         if target is not None:
-            passed = attributed <= target
+            # on a GPU the host's CPU time says little (it waits on the device): judge the wall clock there
+            passed = (statistics.median(wall) if device.type == "cuda" else attributed) <= target
             ok &= passed
             verdict = f"<= {target:.2f}  {'ok' if passed else 'MISSED'}"
         step = statistics.mean(c for _, c in samples)
@@ -253,7 +257,7 @@ def report(device: torch.device, times: dict[str, list[tuple[float, float]]], ow
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=90.0, help="measuring time per device (default 90)")
+    parser.add_argument("--seconds", type=float, default=80.0, help="measuring time per device (default 80)")
     parser.add_argument("--block", type=int, default=2, help="steps per timed block (default 2)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (default 1; 0: torch's)")

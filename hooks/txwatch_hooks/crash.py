@@ -6,7 +6,6 @@ from __future__ import annotations
 import atexit
 import sys
 import threading
-import weakref
 from typing import Any
 
 import torch
@@ -35,7 +34,9 @@ def is_oom(exc: BaseException) -> bool:
     return False
 
 
-_monitors: weakref.WeakSet[Any] = weakref.WeakSet()
+# Strong references: ``txwatch.watch(model, opt)`` with the monitor not kept must still end its run at exit.
+# close() unregisters, so a closed monitor is not held.
+_monitors: set[Any] = set()
 _lock = threading.Lock()
 _installed = False
 _previous_hook: Any = None

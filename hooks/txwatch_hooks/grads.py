@@ -16,6 +16,22 @@ import torch
 NONFINITE_CHUNK_ELEMENTS = 1 << 25  # 32 M elements (128 MiB in fp32) at most at once
 
 
+def _norms(tensors: Sequence[torch.Tensor], ord: int = 2) -> torch.Tensor:
+    """Stacked fp32 norms, one foreach call (``dtype=`` needs a recent torch; older ones cast after)."""
+    try:
+        return torch.stack(torch._foreach_norm(tensors, ord, dtype=torch.float32))
+    except TypeError:
+        return torch.stack(torch._foreach_norm(tensors, ord)).float()
+
+
+def _copy_into(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+    if hasattr(torch, "_foreach_copy_"):
+        torch._foreach_copy_(dst, src)
+    else:  # torch < 2.2
+        for d, t in zip(dst, src):
+            d.copy_(t)
+
+
 def _groups(tensors: Sequence[torch.Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, t in enumerate(tensors):
@@ -33,7 +49,7 @@ def grad_stats(names: Sequence[str], grads: Sequence[torch.Tensor]) -> tuple[lis
     with torch.no_grad():
         for idx in _groups(grads).values():
             group = [grads[i] for i in idx]
-            norms = torch.stack(torch._foreach_norm(group, 2, dtype=torch.float32))
+            norms = _norms(group)
             norms_out.append(([names[i] for i in idx], norms))
             bad_out.append(_nonfinite_cpu(group, norms) if norms.device.type == "cpu" else _nonfinite(group))
     return norms_out, bad_out
@@ -59,10 +75,10 @@ def _nonfinite(group: list[torch.Tensor]) -> torch.Tensor:
         chunk.append(t)
         size += t.numel()
         if size >= NONFINITE_CHUNK_ELEMENTS:
-            counts.extend(torch._foreach_norm(torch._foreach_mul(chunk, 0.0), 0, dtype=torch.float32))
+            counts.append(_norms(torch._foreach_mul(chunk, 0.0), 0).sum())
             chunk, size = [], 0
     if chunk:
-        counts.extend(torch._foreach_norm(torch._foreach_mul(chunk, 0.0), 0, dtype=torch.float32))
+        counts.append(_norms(torch._foreach_mul(chunk, 0.0), 0).sum())
     return torch.stack(counts).sum()
 
 
@@ -88,8 +104,8 @@ class Snapshot:
                                for idx in _groups(self.params).values()]
             else:
                 for idx, copy, _ in self.groups:
-                    torch._foreach_copy_(copy, [self.params[i] for i in idx])
-            self.groups = [(idx, copy, torch.stack(torch._foreach_norm(copy, 2, dtype=torch.float32)))
+                    _copy_into(copy, [self.params[i] for i in idx])
+            self.groups = [(idx, copy, _norms(copy))
                            for idx, copy, _ in self.groups]
         self.taken = True
 
@@ -105,7 +121,7 @@ class Snapshot:
         with torch.no_grad():
             for idx, copy, before in self.groups:
                 torch._foreach_sub_(copy, [self.params[i] for i in idx])
-                delta = torch.stack(torch._foreach_norm(copy, 2, dtype=torch.float32))
+                delta = _norms(copy)
                 names = [self.names[i] if keep[i] else None for i in idx]
                 if any(n is not None for n in names):
                     out.append((names, before, delta))

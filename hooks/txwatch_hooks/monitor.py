@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import operator
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 
 from txwatch_hooks import crash, wire
-from txwatch_hooks.capture import Capture
+from txwatch_hooks.capture import Capture, unwrap_optimizer
 from txwatch_hooks.distributed import rank_info, shared_run_name
 from txwatch_hooks.guard import Guard
 from txwatch_hooks.options import Options, resolve_endpoint, resolve_token
@@ -68,11 +69,9 @@ class Monitor:
         options = options or Options()
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-        if config is not None and not isinstance(config, Mapping):
-            if hasattr(config, "__dict__"):  # argparse.Namespace, simple objects
-                config = vars(config)
-            else:
-                raise TypeError(f"config must be a dict of the run's settings, not {type(config).__name__}")
+        if optimizer is not None:
+            unwrap_optimizer(optimizer)  # raises TypeError now, before any hook is registered
+        config = _config_dict(config)
         ranks = rank_info()
         self.rank, self.world_size = ranks.rank, ranks.world_size
         self.project = wire.check_name("project", project or os.environ.get("TXWATCH_PROJECT") or DEFAULT_PROJECT)
@@ -305,6 +304,17 @@ class Monitor:
     def _bad(self, key: str, what: str, name: Any, why: str, count: int = 1) -> None:
         self._transport.count_drop("bad_value", count)
         self._guard.warn_once(key, "txwatch: dropped the %s %r: %s (counted as 'bad_value')", what, name, why)
+
+
+def _config_dict(config: Any) -> Mapping[str, Any] | None:
+    """The run's config as a mapping: a dict, a dataclass, or an object with attributes (argparse)."""
+    if config is None or isinstance(config, Mapping):
+        return config
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    if hasattr(config, "__dict__"):  # argparse.Namespace, simple objects
+        return vars(config)
+    raise TypeError(f"config must be a dict of the run's settings, not {type(config).__name__}")
 
 
 def _device_of(model: Any) -> str:

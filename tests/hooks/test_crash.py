@@ -54,3 +54,20 @@ def test_end_is_reported_before_the_process_exits(finished_jobs, mode):
         assert end["error"]["type"] == error_type
     else:
         assert "error" not in end
+
+
+@pytest.mark.slow
+def test_a_monitor_nobody_keeps_still_ends_its_run(tmp_path):
+    """``txwatch.watch(model, opt)`` with the result thrown away: exit still reports the end."""
+    script = tmp_path / "forgetful.py"
+    script.write_text(
+        "import sys, gc, torch, txwatch_hooks\n"
+        "m = torch.nn.Linear(2, 1)\n"
+        "txwatch_hooks.watch(m, run='forgotten', endpoint=sys.argv[1], spool_dir=sys.argv[2], system_interval_s=0)\n"
+        "gc.collect()\n"
+    )
+    with CollectorStandIn() as server:
+        proc = subprocess.run([sys.executable, str(script), server.url, str(tmp_path)], capture_output=True,
+                              text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert [e["status"] for e in server.events("end")] == ["finished"]

@@ -95,3 +95,26 @@ def test_lightning_crash_is_reported_as_oom():
 def test_bad_option_fails_when_the_callback_is_made():
     with pytest.raises(TypeError, match="grad_evry"):
         TxwatchCallback(grad_evry=3)
+
+
+def test_the_standalone_pytorch_lightning_package_works_too():
+    pl_classic = pytest.importorskip("pytorch_lightning")
+
+    class Tiny(pl_classic.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.layer(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    sink = MemorySender()
+    callback = TxwatchCallback(sender=sink, schedule_delay_s=0.02, system_interval_s=0, crash_hooks=False)
+    pl_classic.Trainer(max_steps=3, callbacks=[callback], logger=False, enable_checkpointing=False,
+                       enable_progress_bar=False, enable_model_summary=False, accelerator="cpu").fit(Tiny(), _loader())
+    assert sorted(dict(sink.series("loss"))) == [1, 2, 3]
+    assert [e["status"] for e in sink.events("end")] == ["finished"]

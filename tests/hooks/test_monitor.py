@@ -41,11 +41,11 @@ def test_every_batch_is_valid_for_the_collector(tiny, sink):
         batch = Batch.model_validate(raw)
         assert (batch.run, batch.project, batch.rank) == ("wire-check", "hooks-tests", 0)
     first = sink.batches[0]
-    assert first["seq"] == 0
+    assert first["seq"] > 0  # a clock-based base: a resumed run's new process never reuses stored seqs
     assert first["run_info"]["config"] == {"lr": 1e-3, "dtype": "torch.float32", "layers": [1, 2]}
     assert first["run_info"]["hooks_version"] == txwatch_hooks.__version__
     assert first["events"][0]["kind"] == "start"
-    assert [b["seq"] for b in sink.batches] == list(range(len(sink.batches)))
+    assert [b["seq"] for b in sink.batches] == list(range(first["seq"], first["seq"] + len(sink.batches)))
     assert all("run_info" not in b for b in sink.batches[1:])
     assert math.isnan(points(sink, "val_loss")[3])
     assert points(sink, "weird")[3] == math.inf and points(sink, "neg")[3] == -math.inf
@@ -193,6 +193,28 @@ def test_misuse_raises_at_once_with_a_clear_message(tiny, sink, kwargs, error, w
 def test_model_must_be_a_module(sink):
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         txwatch_hooks.watch("model", sender=sink, **FAST)
+
+
+def test_a_bad_optimizer_is_refused_before_anything_is_hooked(tiny, sink):
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
+        txwatch_hooks.watch(tiny, "adam", sender=sink, **FAST)
+    assert not tiny._forward_pre_hooks
+
+
+def test_config_from_a_dataclass_or_namespace(tiny, sink):
+    import argparse
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Cfg:
+        lr: float = 0.1
+        name: str = "x"
+
+    for config, want in ((Cfg(), {"lr": 0.1, "name": "x"}), (argparse.Namespace(lr=0.2), {"lr": 0.2})):
+        sink.batches.clear()
+        with txwatch_hooks.watch(tiny, sender=sink, config=config, **FAST):
+            pass
+        assert sink.batches[0]["run_info"]["config"] == want
 
 
 def test_context_manager_reports_a_crash_and_lets_it_through(tiny, sink):

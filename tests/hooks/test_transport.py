@@ -136,26 +136,26 @@ def test_spool_is_bounded_and_drops_the_oldest_counted(tiny, tmp_path):
 
 
 def test_full_queue_drops_and_counts_without_blocking(tiny):
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
 
     class Stuck(MemorySender):
         def send(self, batch, timeout_s):
+            entered.set()
             release.wait(10)
             return super().send(batch, timeout_s)
 
     sink = Stuck()
     monitor = txwatch_hooks.watch(tiny, sender=sink, max_queue_size=10, schedule_delay_s=0.01, **QUIET)
-    time.sleep(0.1)  # the worker is now stuck sending the start event
+    assert entered.wait(10)  # the worker is now stuck sending the start event
     t0 = time.perf_counter()
     for i in range(100):
         monitor.log(step=i + 1, loss=float(i))
     assert time.perf_counter() - t0 < 0.5
-    dropped = monitor.dropped["queue_full"]
-    assert dropped >= 80
+    assert monitor.dropped["queue_full"] == 90  # ten fit in the queue
     release.set()
     assert monitor.close(5.0)
-    assert len(sink.series("loss")) + dropped == 100
-    assert sink.batches[-1]["client"]["dropped"]["queue_full"] == dropped
+    assert [s for s, _ in sink.series("loss")] == list(range(1, 11))
+    assert sink.batches[-1]["client"]["dropped"]["queue_full"] == 90
 
 
 def test_close_never_hangs_on_a_hanging_collector(tiny, stand_in, tmp_path):
@@ -165,7 +165,7 @@ def test_close_never_hangs_on_a_hanging_collector(tiny, stand_in, tmp_path):
     monitor.log(loss=1.0)
     t0 = time.perf_counter()
     assert monitor.close(timeout_s=1.0) is False
-    assert time.perf_counter() - t0 < 2.5
+    assert time.perf_counter() - t0 < 4.0  # not the 30 s a send may take
     stand_in.mode = "up"
 
 
