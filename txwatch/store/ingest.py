@@ -67,6 +67,11 @@ _SERIES_UPDATE = text(
 )
 
 
+def utc_of(dt: datetime) -> datetime:
+    """A stored datetime as aware UTC (SQLite hands them back naive)."""
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)
+
+
 def utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
 
@@ -106,7 +111,7 @@ class BatchWriter:
             .with_for_update(key_share=True)  # FOR NO KEY UPDATE: does not block foreign-key checks
         )
         self._run_stmt = (
-            select(Run.status, Run.steps, Run.config, Run.info, Run.ended, Run.client_stats)
+            select(Run.status, Run.steps, Run.config, Run.info, Run.ended, Run.client_stats, Run.started)
             .where(Run.id == bindparam("rid"))
             .with_for_update(key_share=True)
         )
@@ -318,7 +323,7 @@ class BatchWriter:
             if event.step is not None and event.step > steps:
                 steps = event.step
             if event.kind == "start":
-                if status != "running" and (run.ended is None or utc(event.time) > run.ended):
+                if status != "running" and (run.ended is None or utc(event.time) > utc_of(run.ended)):
                     status = "running"  # a resumed run (same name, started again after it ended)
                     values.update(ended=None, end_reason=None, error_type=None, error_message=None, end_memory=None)
             elif event.kind == "end":
@@ -345,7 +350,8 @@ class BatchWriter:
                 values["info"] = merged
             if batch.run_info.host:
                 values["host"] = batch.run_info.host
-            if batch.run_info.started is not None and batch.seq == 0:
+            # the earliest start any process of the run reports (a resumed run keeps its first start)
+            if batch.run_info.started is not None and utc(batch.run_info.started) < utc_of(run.started):
                 values["started"] = utc(batch.run_info.started)
         if batch.client is not None:
             stats = dict(run.client_stats or {})
