@@ -24,7 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     from txwatch.store.db import DatabaseError
 
     try:
-        app(args=argv, prog_name="txwatch", standalone_mode=False)
+        # without standalone mode, click returns typer.Exit's code instead of exiting with it
+        result = app(args=argv, prog_name="txwatch", standalone_mode=False)
+        if isinstance(result, int) and not isinstance(result, bool):
+            return result
     except CliError as exc:
         print(f"txwatch: error: {exc}", file=sys.stderr)
         return exc.exit_code

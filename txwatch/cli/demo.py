@@ -20,8 +20,10 @@ def demo(
     port: int = typer.Option(8642, "--port", help="Port for --serve."),
     project: str = typer.Option(DEMO_PROJECT, "--project", help="Project the demo runs are filed under."),
 ) -> None:
-    """Train a tiny GPT on made-up data four ways (healthy, LR too high, overfitting, slow input) and print
-    each diagnosis the moment it fires. Nothing is downloaded and no server is needed."""
+    """Train a tiny GPT four ways (healthy, LR too high, overfitting, slow input) and watch txwatch diagnose them.
+
+    Each diagnosis is printed the moment it fires. Nothing is downloaded and no server is needed.
+    """
     from rich.console import Console
 
     from txwatch.demo.runner import DemoRunner
