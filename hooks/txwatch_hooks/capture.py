@@ -15,6 +15,7 @@ steps cost O(1): one post-accumulate-grad hook on one parameter, a forward pre-h
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from typing import Any, Callable
@@ -50,6 +51,12 @@ def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
 
 def layer_name(name: str) -> str:
     return _BAD_LAYER_CHARS.sub("_", name)[:300] or "_"
+
+
+def layer_order(model: torch.nn.Module) -> list[str]:
+    """The model's parameter names as the per-layer series name them, in ``named_parameters()`` order (input
+    to output, as the model is written), so the collector can show layers in that order."""
+    return [layer_name(n) for n, _ in itertools.islice(model.named_parameters(), wire.MAX_LAYERS)]
 
 
 class Capture:

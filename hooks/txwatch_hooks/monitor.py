@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from txwatch_hooks import crash, wire
-from txwatch_hooks.capture import Capture, unwrap_optimizer
+from txwatch_hooks.capture import Capture, layer_order, unwrap_optimizer
 from txwatch_hooks.distributed import rank_info, shared_run_name
 from txwatch_hooks.guard import Guard
 from txwatch_hooks.options import Options, resolve_endpoint, resolve_token
@@ -97,6 +97,8 @@ class Monitor:
             "torch_version": torch.__version__,
             "device": _device_of(model),
         }
+        if model is not None and self.rank == 0 and options.layers:  # the rank that sends per-layer series
+            run_info["layers"] = layer_order(model)
         builder = wire.BatchBuilder(self.run, self.project, self.rank, run_info=run_info)
         self._transport = Transport(builder, sender, spool, options, self._guard)
         if isinstance(sender, NullSender):

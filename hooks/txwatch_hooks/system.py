@@ -96,7 +96,7 @@ class _Nvml:
 
 
 class SystemSampler:
-    """Every ``interval_s``: system figures; every ``heartbeat_s``: a heartbeat with the current step."""
+    """Every ``interval_s`` and once more on stopping: system figures; every ``heartbeat_s``: a heartbeat."""
 
     def __init__(self, submit: Callable[[Any], bool], step: Callable[[], int], guard: Guard, *,
                  interval_s: float, heartbeat_s: float, rank: int, local_rank: int, world_size: int):
@@ -137,10 +137,7 @@ class SystemSampler:
             now = time.monotonic()
             if now >= next_sample:
                 next_sample = now + self.interval_s
-                try:
-                    self.sample_once()
-                except Exception as exc:
-                    self._guard.fail("system sampler", exc, disable=False)
+                self._sample()
             if now >= next_beat:
                 next_beat = now + self.heartbeat_s
                 try:
@@ -148,11 +145,21 @@ class SystemSampler:
                 except Exception as exc:
                     self._guard.fail("heartbeat", exc, disable=False)
             self._stop.wait(max(0.05, min(next_sample, next_beat) - time.monotonic()))
+        if self.interval_s:
+            # A last sample as the run ends: a run shorter than the first delay (a quick test, a short
+            # fine-tune) would otherwise send no CPU, memory or GPU figures at all.
+            self._sample()
         if self._nvml is not None:
             self._nvml.close()
 
+    def _sample(self) -> None:
+        try:
+            self.sample_once()
+        except Exception as exc:
+            self._guard.fail("system sampler", exc, disable=False)
+
     def sample_once(self) -> None:
-        """Take one sample now and queue it (also used at start, so short runs get one)."""
+        """Take one sample now and queue it (also as the sampler stops, so short runs get one)."""
         values: dict[str, float] = {}
         p = self._prefix
         if self._process is not None:

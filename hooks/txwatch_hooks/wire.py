@@ -19,6 +19,7 @@ HOOKS_VERSION = "0.1.0"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=\-]{0,199}$")
 METRIC_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,99}(/[A-Za-z0-9_.:\-/\[\]]{1,300})?$")
 MAX_MESSAGE_CHARS = 10_000  # the collector's limit on an error message
+MAX_LAYERS = 10_000  # the collector's limit on run_info["layers"] (the model's parameter order)
 
 # Metric names the hooks send on their own (the rules read them; see the design's metric table).
 LOSS = "loss"

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from tests.api.test_ingest import post
 from tests.collector.batches import T0, batch, steps
@@ -73,6 +74,61 @@ def test_layers_heatmap_has_a_row_per_layer(client):
     assert 10 <= len(hm["steps"]) <= 20
     assert hm["values"][0][0] == 1.0 and hm["values"][1][3] == 2.0 and hm["values"][2][0] == 3.0
     assert get(client, "/api/v1/runs/p/r/layers", metric="update_ratio")["layers"] == []
+
+
+class Net(torch.nn.Module):
+    """A small model whose parameter names are far from alphabetical in model order."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj_in = torch.nn.Linear(6, 8)
+        self.block = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
+        self.norm = torch.nn.LayerNorm(8)
+        self.classifier = torch.nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.classifier(self.norm(self.block(self.proj_in(x))))
+
+
+def test_layers_heatmap_rows_follow_the_model_order_the_hooks_send(live, client):
+    import txwatch_hooks
+
+    torch.manual_seed(0)
+    model = Net()
+    order = [name for name, _ in model.named_parameters()]
+    assert order != sorted(order)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with txwatch_hooks.watch(model, opt, run="ordered", project="p", endpoint=live.url, grad_every=1,
+                             update_every=2, system_interval_s=0, crash_hooks=False) as monitor:
+        for _ in range(6):
+            loss = torch.nn.functional.cross_entropy(model(torch.randn(16, 6)), torch.randint(0, 2, (16,)))
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            monitor.log(loss=loss)
+    assert get(client, "/api/v1/runs/p/ordered")["info"]["layers"] == order
+    for metric in ("grad_norm", "update_ratio", "param_norm"):
+        hm = get(client, "/api/v1/runs/p/ordered/layers", metric=metric)
+        assert hm["layers"] == order, metric
+        assert len(hm["values"]) == len(order)
+
+
+def test_layers_heatmap_keeps_each_row_with_its_values_and_puts_unknown_layers_last(client):
+    # Sent by hand: the model order names three layers, a fourth arrives that it does not name.
+    order = ["stem.weight", "body.0.weight", "body.1.weight"]
+    series = {f"grad_norm/{name}": [[s, T0 + s, 1.0 + i] for s in range(10)]
+              for i, name in enumerate(["body.0.weight", "body.1.weight", "extra.weight", "stem.weight"])}
+    post(client, batch(run_info={"layers": order}, series=series))
+    hm = get(client, "/api/v1/runs/p/r/layers", metric="grad_norm")
+    assert hm["layers"] == [*order, "extra.weight"]
+    assert [row[0] for row in hm["values"]] == [4.0, 1.0, 2.0, 3.0]
+
+
+def test_a_bad_layer_order_is_refused_naming_the_field(client):
+    r = post(client, batch(run_info={"layers": ["ok.weight", "no spaces allowed"]}, series=steps("loss", 0, 2)))
+    assert r.status_code == 422 and "run_info" in r.text and "layers" in r.text, r.text
+    r = post(client, batch(run_info={"layers": ["l"] * 10_001}, series=steps("loss", 0, 2)))
+    assert r.status_code == 422 and "layers" in r.text
 
 
 @pytest.mark.slow

@@ -244,6 +244,7 @@ def test_layers_off_sends_only_totals(tiny, sink):
     names = sink.names()
     assert {"grad_norm_total", "grad_nonfinite", "update_ratio_max"} <= names
     assert not any("/" in n and not n.startswith("lr/") for n in names)
+    assert "layers" not in sink.batches[0]["run_info"]  # no per-layer rows, so no order for them
 
 
 def test_nonfinite_counts_agree_on_host_and_device_paths():

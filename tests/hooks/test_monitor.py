@@ -44,6 +44,10 @@ def test_every_batch_is_valid_for_the_collector(tiny, sink):
     assert first["seq"] > 0  # a clock-based base: a resumed run's new process never reuses stored seqs
     assert first["run_info"]["config"] == {"lr": 1e-3, "dtype": "torch.float32", "layers": [1, 2]}
     assert first["run_info"]["hooks_version"] == txwatch_hooks.__version__
+    # The model's parameter order, named as the per-layer series name their layers (the heatmap's rows).
+    assert first["run_info"]["layers"] == [n for n, _ in tiny.named_parameters()]
+    per_layer = {n.split("/", 1)[1] for n in sink.names() if n.startswith(("grad_norm/", "update_ratio/"))}
+    assert per_layer and per_layer <= set(first["run_info"]["layers"])
     assert first["events"][0]["kind"] == "start"
     assert [b["seq"] for b in sink.batches] == list(range(first["seq"], first["seq"] + len(sink.batches)))
     assert all("run_info" not in b for b in sink.batches[1:])
@@ -51,6 +55,16 @@ def test_every_batch_is_valid_for_the_collector(tiny, sink):
     assert points(sink, "weird")[3] == math.inf and points(sink, "neg")[3] == -math.inf
     end = sink.events("end")
     assert len(end) == 1 and end[0]["status"] == "finished" and end[0]["step"] == 3
+
+
+def test_a_model_with_more_parameters_than_the_collector_orders_still_sends_valid_run_info(sink):
+    # The collector refuses run info naming more than 10,000 layers (the whole batch would go): the hooks
+    # send the first 10,000; the rest of the heatmap's rows follow in the order they arrive.
+    model = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(1)) for _ in range(10_050)])
+    with txwatch_hooks.watch(model, sender=sink, **FAST) as monitor:
+        monitor.log(loss=1.0)
+    first = Batch.model_validate(sink.batches[0])
+    assert first.run_info.layers == [str(i) for i in range(10_000)]
 
 
 def test_loss_tensor_is_not_read_on_the_training_thread(tiny, sink):

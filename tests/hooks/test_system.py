@@ -25,6 +25,23 @@ def test_cpu_host_sends_process_figures_and_no_gpu_series(tiny, sink, caplog):
     assert not caplog.records  # no GPU is not a problem
 
 
+def test_a_run_shorter_than_the_sampling_interval_still_sends_its_process_figures(tiny, sink):
+    # The first periodic sample comes a second in; a run of a few steps is over long before. The sampler
+    # takes one more sample as the run ends, so even such a run has CPU and memory figures, at its last step.
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    options = dict(SAMPLING, system_interval_s=30.0, heartbeat_s=30.0)
+    with txwatch_hooks.watch(tiny, opt, sender=sink, **options) as monitor:
+        for _ in range(3):
+            tiny(torch.randn(4, 6)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    assert monitor.step == 3
+    for name in ("cpu_util", "rss"):
+        assert sink.series(name), f"no {name} from a short run"
+        assert sink.series(name)[-1][0] == 3, f"{name}: the last sample is at the run's last step"
+    assert sink.series("rss")[-1][1] > 10e6
+
+
 class FakeNvml:
     def __init__(self):
         pass
@@ -82,6 +99,7 @@ def test_other_ranks_send_prefixed_device_figures_and_no_model_metrics(tiny, sin
         monitor.log(loss=loss)
         assert sink.wait_for(lambda: sink.series("rank1.gpu_util/cuda0") and sink.series("rank1.rss"))
     assert {b["rank"] for b in sink.batches} == {1}
+    assert "layers" not in sink.batches[0]["run_info"]  # rank 0 sends the per-layer series and their order
     names = sink.names()
     assert all(n.startswith("rank1.") for n in names), names
     assert {"rank1.cpu_util", "rank1.cuda_mem_allocated/cuda0"} <= names

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from html.parser import HTMLParser
 from importlib import resources
 
 import pytest
@@ -99,10 +100,47 @@ def test_versioned_assets_are_cached_and_revalidated_by_etag(client):
 
 
 def test_run_name_is_escaped_into_the_page(client):
-    resp = client.get('/runs/p/"><img src=x onerror=alert(1)>')
+    name = '"><img src=x onerror=alert(1)>'
+    resp = client.get(f"/runs/p/{name}")
     assert resp.status_code == 200
     assert "<img" not in resp.text
-    assert 'data-run="&quot;&gt;&lt;img src=x onerror=alert(1)&gt;"' in resp.text
+
+    # Read as a browser does: the name is the attribute's and the title's text, never markup.
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.body, self.title, self._in_title = [], {}, "", False
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            if tag == "body":
+                self.body = dict(attrs)
+            self._in_title = ("id", "run-title") in attrs
+
+        def handle_endtag(self, tag):
+            self._in_title = False
+
+        def handle_data(self, data):
+            if self._in_title:
+                self.title += data
+
+    page = Page()
+    page.feed(resp.text)
+    assert "img" not in page.tags
+    assert page.body["data-run"] == name and page.body["data-project"] == "p"
+    assert page.title == name
+
+
+@pytest.mark.parametrize("path,title,current", [
+    ("/", "Runs · txwatch", "Runs"), ("/diagnoses", "Diagnoses · txwatch", "Diagnoses"),
+    ("/runs/demo/r1", "Run · txwatch", None),
+])
+def test_every_page_has_the_shared_header_and_token_dialog_marking_where_you_are(client, path, title, current):
+    html = client.get(path).text
+    assert f"<title>{title}</title>" in html
+    assert html.count('<header class="top">') == 1 and html.count('id="token-form"') == 1
+    marked = re.findall(r'<a href="[^"]*" aria-current="page">([^<]+)</a>', html)
+    assert marked == ([current] if current else [])
 
 
 def test_pages_work_under_a_url_prefix():

@@ -54,7 +54,8 @@ def train(endpoint: str, project: str, run: str, *, faulty: bool, steps: int, to
     out = Trained(project, run, [n for n, _ in model.named_parameters()])
     config = {"lr": lr, "optimizer": "SGD", "model": {"hidden": 32, "layers": 4}, "faulty": faulty}
     # Dense sampling (a tiny model costs nothing) so the heatmap has a column per step and the rules see the
-    # fault at once; a fast system sampler and batch delay so a run of a few seconds reports CPU and RSS.
+    # fault at once; a fast system sampler and batch delay (the run takes well under a second: its CPU and
+    # RSS figures may all come from the sampler's last sample, taken as the run ends).
     with watch(model, optimizer, run=run, project=project, config=config, endpoint=endpoint, token=token,
                grad_every=1, update_every=5, system_interval_s=0.2, schedule_delay_s=0.2,
                crash_hooks=False) as monitor:

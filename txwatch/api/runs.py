@@ -11,11 +11,14 @@ from starlette.concurrency import run_in_threadpool
 from txwatch.api.deps import get_services, require_token
 from txwatch.api.models import ERRORS, DiagnosisList, Layers, RunDetail, RunList, SeriesList, SeriesPoints
 from txwatch.collector.schema import METRIC_PATTERN, NAME_PATTERN
+from txwatch.rules.model import RULE_ID_PATTERN
 from txwatch.services import Services
 from txwatch.store import downsample, queries
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)], responses=ERRORS)
 
+# "run" or "project/run", each part a NAME_PATTERN name
+RUN_REF_PATTERN = "^(" + NAME_PATTERN[1:-1] + "/)?" + NAME_PATTERN[1:-1] + "$"
 ProjectName = Annotated[str, Path(pattern=NAME_PATTERN, description="project name")]
 RunName = Annotated[str, Path(pattern=NAME_PATTERN, description="run name")]
 Status = Literal["running", "finished", "crashed", "stalled", "vanished"]
@@ -109,7 +112,7 @@ async def layers(
     def work():
         with services.session_factory() as s:
             r, _ = _run(s, project, run)
-            return downsample.layer_heatmap(s, r.id, metric, max_steps)
+            return downsample.layer_heatmap(s, r.id, metric, max_steps, order=(r.info or {}).get("layers"))
 
     return _plain(await run_in_threadpool(work))
 
@@ -118,8 +121,8 @@ async def layers(
 async def list_diagnoses(
     services: Services = Depends(get_services),
     project: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
-    run: Annotated[str | None, Query(max_length=401, description="run name, or project/run")] = None,
-    rule: Annotated[str | None, Query(max_length=100)] = None,
+    run: Annotated[str | None, Query(pattern=RUN_REF_PATTERN, description="run name, or project/run")] = None,
+    rule: Annotated[str | None, Query(pattern=RULE_ID_PATTERN, description="rule id, e.g. loss-nonfinite")] = None,
     severity: Severity | None = None,
     state: State | None = None,
     limit: Annotated[int, Query(ge=1, le=queries.MAX_RUN_LIMIT)] = 1000,

@@ -64,6 +64,11 @@ class RunInfo(_TextChecked):
     hooks_version: str | None = Field(default=None, max_length=50)
     torch_version: str | None = Field(default=None, max_length=50)
     device: str | None = Field(default=None, max_length=50)
+    # The model's parameter names in ``named_parameters()`` order: the layer heatmap's rows read input ->
+    # output. Bounded like the layer part of a metric name; the hooks send at most the first 10,000.
+    layers: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:\-/\[\]]{1,300}$")]] | None = Field(
+        default=None, max_length=10_000
+    )
 
 
 class ErrorInfo(_TextChecked):

@@ -66,11 +66,13 @@ def raw_page(session: Session, series: Series, start: int, end: int | None, limi
 
 
 def layer_heatmap(
-    session: Session, run_id: int, metric: str, max_steps: int = 200,
+    session: Session, run_id: int, metric: str, max_steps: int = 200, order: Any = None,
 ) -> dict[str, Any]:
     """Mean of ``metric/<layer>`` per step bucket for every layer: ``{"layers", "steps", "values"}``.
 
     ``values[i][j]`` is layer i's mean over bucket j (NaN when only NaN arrived, None when nothing did).
+    Layers come in ``order`` (the model's parameter names, as the hooks send them in run info); layers not
+    in it, or all of them when a run has none, follow in the order their series were first stored.
     """
     max_steps = max(1, min(max_steps, 5000))
     rows = session.execute(
@@ -80,6 +82,7 @@ def layer_heatmap(
         ),
         {"run": run_id, "prefix": _like_prefix(metric + "/")},
     ).all()
+    rows = _in_model_order(rows, order)
     if not rows:
         return {"metric": metric, "layers": [], "steps": [], "values": []}
     ids = [r.id for r in rows]
@@ -138,6 +141,19 @@ def layer_heatmap(
 
 
 # -- helpers --------------------------------------------------------------------------------------------------
+
+
+def _in_model_order(rows: list, order: Any) -> list:
+    """``rows`` (series, first stored first) sorted by their layer's place in ``order``; the rest after them,
+    as they were (a stable sort). ``order`` is read from stored run info, which could hold anything before
+    the field was checked at ingest: anything but a list of names is ignored."""
+    if not isinstance(order, list):
+        return rows
+    place: dict[str, int] = {}
+    for i, name in enumerate(order):
+        if isinstance(name, str):
+            place.setdefault(name, i)
+    return sorted(rows, key=lambda r: place.get(r.name.split("/", 1)[1], len(order)))
 
 
 def _point(step: int, t: float, v: float | None) -> dict[str, Any]:

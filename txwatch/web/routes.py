@@ -1,19 +1,20 @@
 """Routes of the web page: three HTML shells and the static files they load.
 
-The shells are filled in with nothing but the URL prefix, the asset version and, on the run page, the run's
-name; everything else comes from ``/api/v1`` in the browser, behind the bearer token when one is set. Static
-files are read once from the package at import (a few hundred kB), so serving them touches no disk and no
+The shells are Jinja templates extending ``base.html`` (head, header, token dialog), filled in with nothing
+but the URL prefix, the asset version and, on the run page, the run's name (autoescaped); everything else
+comes from ``/api/v1`` in the browser, behind the bearer token when one is set. Templates are compiled and
+static files read once from the package at import (a few hundred kB), so serving them touches no disk and no
 database, and a path that is not one of them is a plain 404 (no traversal possible).
 """
 
 from __future__ import annotations
 
 import hashlib
-import html
 import logging
 from dataclasses import dataclass
 from importlib import resources
 
+import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
@@ -74,9 +75,16 @@ def _load_static() -> dict[str, _Asset]:
     return assets
 
 
-def _load_templates() -> dict[str, str]:
-    root = resources.files("txwatch.web") / "templates"
-    return {p.name: p.read_text(encoding="utf-8") for p in root.iterdir() if p.name.endswith(".html")}
+PAGES = ("runs.html", "run.html", "diagnoses.html")
+
+
+def _load_templates() -> dict[str, jinja2.Template]:
+    # StrictUndefined: a field a template uses but the route does not pass fails loudly, never renders empty.
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("txwatch.web", "templates"), autoescape=True, auto_reload=False,
+        undefined=jinja2.StrictUndefined, trim_blocks=True, keep_trailing_newline=True,
+    )
+    return {name: env.get_template(name) for name in PAGES}
 
 
 # Each page loads one script and one style sheet, concatenated here once from the files in static/ (kept
@@ -108,10 +116,7 @@ ASSET_VERSION = hashlib.sha256(b"".join(a.etag.encode() for _, a in sorted(_STAT
 
 def _page(request: Request, template: str, **fields: str) -> HTMLResponse:
     base = request.scope.get("root_path", "").rstrip("/")
-    text = _TEMPLATES[template]
-    values = {"base": base, "v": ASSET_VERSION, **fields}
-    for key, value in values.items():
-        text = text.replace("{{" + key + "}}", html.escape(value, quote=True))
+    text = _TEMPLATES[template].render(base=base, v=ASSET_VERSION, **fields)
     return HTMLResponse(text, headers=_HTML_HEADERS)
 
 
