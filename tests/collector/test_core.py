@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 
 import pytest
 from sqlalchemy import func, select
@@ -158,3 +159,79 @@ def test_two_collectors_racing_on_postgresql_store_each_point_once(pg_url):
     for c in collectors:
         c.engine.dispose()
     engine.dispose()
+
+
+def _concurrently(c: Collector, bodies: list[dict], workers: int = 16) -> list:
+    """Ingest ``bodies`` from ``workers`` threads released together; the results in the order of ``bodies``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gate = threading.Barrier(workers)
+
+    def send(b):
+        try:
+            gate.wait(timeout=5)
+        except threading.BrokenBarrierError:
+            pass
+        return ingest(c, b)
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(send, bodies))
+
+
+def test_concurrent_batches_are_written_together_each_caller_told_its_own_result(sessions):
+    from sqlalchemy import event
+
+    c = Collector(sessions)
+    claims = []
+    event.listen(c.engine, "before_cursor_execute",
+                 lambda conn, cur, stmt, *a: claims.append(1) if stmt.startswith("INSERT INTO batches") else None)
+    # 16 runs, 3 batches each, sent at once; one run also sends a replay of its first batch
+    bodies = [batch(run=f"run{k}", seq=seq, series=steps("loss", seq * 10, seq * 10 + 10)
+                    | steps("grad_norm/layers.0.weight", seq * 10, seq * 10 + 10))
+              for seq in range(3) for k in range(16)]
+    results = _concurrently(c, bodies + [bodies[0]])
+    assert [(r.duplicate, r.points) for r in results[:-1]] == [(False, 20)] * 48
+    assert (results[-1].duplicate, results[-1].points) == (True, 0)
+    assert len(claims) < 48  # batches that arrived while another was being written shared its transaction
+    for k in range(16):
+        assert points_of(sessions, f"run{k}", "loss") == [(s, 1.0 / (s + 1)) for s in range(30)]
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Point)) == 16 * 2 * 30
+        assert set(s.scalars(select(Series.points))) == {30}
+        assert set(s.scalars(select(Run.steps))) == {29}
+
+
+def test_a_batch_that_cannot_be_stored_fails_alone(sessions, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="txwatch.collector.core")
+    c = Collector(sessions)
+    write_many = c.writer.write_many
+
+    def fail_for_run_bad(conn, items, now):
+        if any(b.run == "bad" for _, b, _ in items):
+            raise RuntimeError("the database refused run 'bad'")
+        return write_many(conn, items, now)
+
+    monkeypatch.setattr(c.writer, "write_many", fail_for_run_bad)
+    bodies = [batch(run=f"good{k}", series=steps("loss", 0, 5)) for k in range(12)]
+    bodies.insert(5, batch(run="bad", series=steps("loss", 0, 5)))
+    results = []
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(13) as pool:
+        with c._turn:  # a write in progress: all 13 queue behind it and are then written as one group
+            futures = [pool.submit(ingest, c, b) for b in bodies]
+            while len(c._queue) < 13:
+                time.sleep(0.01)
+        for f in futures:
+            try:
+                results.append(f.result().points)
+            except RuntimeError as exc:
+                results.append(str(exc))
+    assert results == [5] * 5 + ["the database refused run 'bad'"] + [5] * 7
+    assert "storing 13 batches together failed" in caplog.text
+    assert all(len(points_of(sessions, f"good{k}", "loss")) == 5 for k in range(12))
+    with sessions() as s:  # nothing of the refused batch was kept, so the hooks' retry can store it
+        assert s.scalar(select(func.count()).select_from(Run).where(Run.name == "bad")) == 1
+        assert s.scalar(select(func.count()).select_from(Series).join(Run).where(Run.name == "bad")) == 0
+    monkeypatch.undo()
+    assert ingest(c, bodies[5]).points == 5

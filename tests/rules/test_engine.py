@@ -253,3 +253,31 @@ def test_build_engine_uses_the_settings_rule_folders_and_builtin_switch(sessions
     assert [r.id for r in engine.rules] == ["loss-too-high"]
     both = build_engine(Settings(rules_dirs=[tmp_path], stall_after_s=42.0), sessions)
     assert len(both.rules) == 18 and both.settings["stall_after_s"] == 42.0
+
+
+def test_a_group_of_runs_is_evaluated_together_and_a_run_another_collector_moved_is_redone(sessions):
+    """observe_many (the collector's combined writes): one transaction for several runs; a run whose saved state
+    another collector advanced meanwhile is evaluated again on that state, so no point is lost or doubled."""
+    store = Collector(sessions)
+    feeds = {name: Feeder(store, run=name) for name in ("x", "y")}
+    for feed in feeds.values():
+        feed.steps(0, 1, loss=lambda s: 0.5)
+    with sessions() as s:
+        ids = dict(s.execute(select(Run.name, Run.id)).all())
+    here, there = _engine(sessions), _engine(sessions)  # two collectors on one database
+
+    def loss(start, stop, fn=lambda s: 0.5):
+        return {"loss": [(s, T0 + s, fn(s)) for s in range(start, stop)]}
+
+    here.observe_many([(ids["x"], loss(0, 10), []), (ids["y"], loss(0, 10), [])])
+    there.observe(ids["x"], loss(10, 20), [])  # "here" still caches x's older state
+    changes = here.observe_many([(ids["x"], loss(20, 30, nan_after(25)), []), (ids["y"], loss(10, 20, nan_after(15)), [])])
+    assert sorted((c.run_id, c.kind, c.step) for c in changes if c.rule_id == "loss-nonfinite") == [
+        (ids["x"], "fire", 25), (ids["y"], "fire", 15)]
+    with sessions() as s:
+        saved = {r.run_id: r for r in s.execute(select(EngineState)).scalars()}
+    assert {ids["x"]: 3, ids["y"]: 2} == {rid: saved[rid].version for rid in ids.values()}
+    for name, n in (("x", 30), ("y", 20)):
+        state = RunState.from_state(ids[name], here.core.index, saved[ids[name]].state)
+        assert state.buffers["loss"].n == n  # every point evaluated exactly once
+    assert sorted((r.run_id, r.first_step) for r in _rows(sessions, "loss-nonfinite")) == [(ids["x"], 25), (ids["y"], 15)]

@@ -29,6 +29,12 @@ RUN_CACHE_MAX = 50_000
 RETRIES = 3
 
 
+# Limits of one combined write (see Collector.ingest): enough to amortize a transaction over many small
+# batches, small enough that the first caller in a group does not wait long for the others.
+GROUP_MAX_BATCHES = 64
+GROUP_MAX_POINTS = 200_000
+
+
 @dataclass(frozen=True)
 class IngestResult:
     """What happened to one batch: stored (``accepted``), or recognised as a replay (``duplicate``)."""
@@ -36,6 +42,19 @@ class IngestResult:
     accepted: bool
     duplicate: bool
     points: int
+
+
+class _Pending:
+    """One caller's batch waiting for its turn in ``Collector.ingest``."""
+
+    __slots__ = ("batch", "run_id", "result", "error", "done")
+
+    def __init__(self, batch: Batch):
+        self.batch = batch
+        self.run_id: int = 0
+        self.result: IngestResult | None = None
+        self.error: BaseException | None = None
+        self.done = False
 
 
 class Collector:
@@ -61,42 +80,108 @@ class Collector:
         self._series: dict[int, dict[str, int]] = {}
         self._series_count = 0
         self._rule_errors: set[str] = set()
+        self._queue: list[_Pending] = []
+        self._queue_lock = threading.Lock()
+        self._turn = threading.Lock()  # held by the thread writing a group
 
     def ingest(self, batch: Batch) -> IngestResult:
-        """Store one batch (one transaction); a batch already stored is acknowledged as a duplicate.
+        """Store one batch and run the rules on it; a batch already stored is acknowledged as a duplicate.
+
+        Concurrent callers are combined: while one thread writes, the batches that arrive queue up, and the
+        next thread to take the turn writes up to ``GROUP_MAX_BATCHES`` of them (one per run) in a single
+        transaction, then runs their rules together. Under load this keeps the cost per batch falling
+        instead of the queue growing. Each caller returns when its own batch is stored and evaluated.
 
         Raises the database's error when the database is unreachable or keeps failing (after retries).
         """
         from txwatch import exporter
 
         started = time.perf_counter()
+        item = _Pending(batch)
+        with self._queue_lock:
+            self._queue.append(item)
+        while not item.done:
+            with self._turn:
+                if not item.done:
+                    self._process(self._take_group())
+        if item.error is not None:
+            raise item.error
+        exporter.observe_ingest(item.result, time.perf_counter() - started)
+        return item.result
+
+    def _take_group(self) -> list[_Pending]:
+        """The oldest queued batches, one per run, within the group limits (at least one)."""
+        group: list[_Pending] = []
+        seen: set[tuple[str, str]] = set()
+        points = 0
+        with self._queue_lock:
+            rest = []
+            for item in self._queue:
+                key = (item.batch.project, item.batch.run)
+                n = item.batch.point_count()
+                if key in seen or (group and (len(group) >= GROUP_MAX_BATCHES or points + n > GROUP_MAX_POINTS)):
+                    rest.append(item)
+                    continue
+                seen.add(key)
+                points += n
+                group.append(item)
+            self._queue = rest
+        return group
+
+    def _process(self, group: list[_Pending]) -> None:
+        """Store ``group`` (one transaction; batch by batch if that fails), then evaluate the stored ones."""
+        try:
+            self._store_group(group)
+        except Exception as exc:
+            if len(group) == 1:
+                group[0].error = exc
+            else:
+                log.info("storing %d batches together failed (%s); storing them one by one",
+                         len(group), exc.__class__.__name__)
+                for item in group:
+                    try:
+                        self._store_group([item])
+                    except Exception as one_exc:
+                        item.error = one_exc
+        stored = [item for item in group if item.error is None and not item.result.duplicate]
+        try:
+            if stored and self.rules is not None:
+                self._observe(stored)
+        finally:
+            for item in group:
+                item.done = True
+
+    def _store_group(self, group: list[_Pending]) -> None:
         for attempt in range(RETRIES + 1):
             try:
-                result, run_id = self._ingest_once(batch)
-                break
+                self._store_once(group)
+                return
             except (IntegrityError, OperationalError) as exc:
                 if attempt == RETRIES or not _retryable(exc):
                     raise
-                log.info("retrying batch %s/%s seq %s after %s", batch.project, batch.run, batch.seq,
-                         exc.__class__.__name__)
-                self._forget(batch)
-        exporter.observe_ingest(result, time.perf_counter() - started)
-        if result.duplicate or self.rules is None:
-            return result
-        self._observe(run_id, batch)
-        return result
+                log.info("retrying %d batch(es) after %s", len(group), exc.__class__.__name__)
+                for item in group:
+                    self._forget(item.batch)
 
-    def _ingest_once(self, batch: Batch) -> tuple[IngestResult, int]:
+    def _store_once(self, group: list[_Pending]) -> None:
         now = now_utc()
         with self._write_lock:
-            run_id = self._run_id(batch, now)
+            for item in group:
+                item.run_id = self._run_id(item.batch, now)
             with self.engine.begin() as conn:
-                if not self.writer.claim(conn, run_id, batch, now):
-                    return IngestResult(accepted=True, duplicate=True, points=0), run_id
-                known = self._series.get(run_id, {})
-                written = self.writer.write(conn, run_id, batch, known, now)
-        self._remember_series(run_id, written.series_ids)
-        return IngestResult(accepted=True, duplicate=False, points=written.points), run_id
+                claimed = self.writer.claim_many(conn, [(item.run_id, item.batch) for item in group], now)
+                new = [item for item in group if (item.run_id, item.batch.rank, item.batch.seq) in claimed]
+                written = self.writer.write_many(
+                    conn, [(item.run_id, item.batch, self._series.get(item.run_id, {})) for item in new], now
+                )
+        done = {id(item): w for item, w in zip(new, written)}
+        for item in group:
+            w = done.get(id(item))
+            if w is None:
+                item.result = IngestResult(accepted=True, duplicate=True, points=0)
+            else:
+                self._remember_series(item.run_id, w.series_ids)
+                item.result = IngestResult(accepted=True, duplicate=False, points=w.points)
 
     def _run_id(self, batch: Batch, now) -> int:
         key = (batch.project, batch.run)
@@ -131,17 +216,23 @@ class Collector:
             if run_id is not None:
                 self._series_count -= len(self._series.pop(run_id, {}))
 
-    def _observe(self, run_id: int, batch: Batch) -> None:
+    def _observe(self, stored: list[_Pending]) -> None:
+        items = [(item.run_id, item.batch.series, [e.model_dump() for e in item.batch.events]) for item in stored]
         try:
             # On SQLite the rule engine's writes (diagnoses, engine state) would otherwise race ingest's for the
             # one write lock, and SQLite's busy handler sleeps up to 100 ms per retry; queue them here instead.
             with self._write_lock:
-                self.rules.observe(run_id, batch.series, [e.model_dump() for e in batch.events])
+                if hasattr(self.rules, "observe_many"):
+                    self.rules.observe_many(items)
+                else:
+                    for item in items:
+                        self.rules.observe(*item)
         except Exception as exc:  # a rule bug must not lose data: the batch is already committed
             kind = f"{exc.__class__.__name__}: {exc}"[:200]
             if kind not in self._rule_errors:
                 self._rule_errors.add(kind)
-                log.exception("rule engine failed on run %s (logged once per kind; data was stored)", run_id)
+                log.exception("rule engine failed on runs %s (logged once per kind; data was stored)",
+                              sorted({i[0] for i in items}))
             from txwatch import exporter
 
             exporter.RULE_ERRORS.inc()

@@ -30,7 +30,9 @@ from txwatch.rules.persistence import (
     apply_transitions,
     load_state_blob,
     lock_state_row,
+    lock_state_rows,
     save_state,
+    save_states,
 )
 from txwatch.rules.state import RunState
 from txwatch.store.models import RUN_LAYER_NONE, Diagnosis, EngineState, Run
@@ -116,6 +118,75 @@ class RuleEngine:
         for c in changes:
             metrics.DIAGNOSES.labels(rule=c.rule_id, kind=c.kind).inc()
         return changes
+
+    def observe_many(
+        self, items: Iterable[tuple[int, Mapping[str, Iterable[Any]], Iterable[Mapping[str, Any]]]]
+    ) -> list[DiagnosisChange]:
+        """``observe`` for several runs (one batch each) with one transaction for all of them.
+
+        A run whose saved state moved meanwhile (another collector), or a group whose transaction fails, is
+        evaluated again on its own through ``observe``.
+        """
+        items = [(run_id, {n: list(p) for n, p in series.items()}, list(events)) for run_id, series, events in items]
+        if len(items) == 1:
+            return self.observe(*items[0])
+        started = _time.perf_counter()
+        stripes = sorted({run_id % LOCK_STRIPES for run_id, _, _ in items})
+        for k in stripes:
+            self._stripes[k].acquire()
+        try:
+            changes, again = self._observe_group(items)
+        finally:
+            for k in reversed(stripes):
+                self._stripes[k].release()
+        metrics.BATCH_SECONDS.observe(_time.perf_counter() - started)
+        metrics.POINTS.inc(sum(len(p) for item in items if item not in again for p in item[1].values()))
+        for c in changes:
+            metrics.DIAGNOSES.labels(rule=c.rule_id, kind=c.kind).inc()
+        for item in again:
+            changes.extend(self.observe(*item))
+        return changes
+
+    def _observe_group(self, items: list) -> tuple[list[DiagnosisChange], list]:
+        """Evaluate each run on its current state, then save all in one transaction. Returns the changes and
+        the items to evaluate again one by one."""
+        prepared = []
+        for item in items:
+            run_id, series, events = item
+            try:
+                state = self._current_state(run_id)
+                prepared.append((item, state, self.core.process(state, series, events)))
+            except Exception:
+                self._forget(run_id)
+                metrics.ERRORS.labels(stage="observe").inc()
+                self._log_error(run_id, "rule evaluation failed for run %s; its diagnoses may lag", run_id)
+        prepared.sort(key=lambda p: p[0][0])
+        changes: list[DiagnosisChange] = []
+        again: list = []
+        saved: list[RunState] = []
+        try:
+            with self.session_factory() as session, session.begin():
+                versions = lock_state_rows(session, [item[0] for item, _, _ in prepared])
+                for item, state, transitions in prepared:
+                    if versions[item[0]] != state.version:
+                        again.append(item)  # another collector evaluated this run meanwhile: its state is newer
+                        continue
+                    changes.extend(apply_transitions(session, item[0], transitions, state, self.notifier))
+                    saved.append(state)
+                save_states(session, saved, versions)
+        except Exception:
+            # nothing was saved, but the states advanced in memory: drop them and evaluate one by one
+            log.info("saving %d runs' rule states together failed; evaluating them one by one", len(prepared),
+                     exc_info=True)
+            for item, _, _ in prepared:
+                self._forget(item[0])
+            return [], [item for item, _, _ in prepared]
+        for state in saved:
+            self._remember(state)
+        for item in again:
+            self._forget(item[0])
+            metrics.CONFLICTS.inc()
+        return changes, again
 
     def _observe(self, run_id: int, series: dict[str, list[Any]], events: list) -> list[DiagnosisChange]:
         # Optimistic first: evaluate without holding any database lock (on SQLite a write transaction blocks

@@ -86,6 +86,24 @@ def lock_state_row(session: Session, run_id: int) -> int:
     return int(version)
 
 
+def lock_state_rows(session: Session, run_ids: list[int]) -> dict[int, int]:
+    """``lock_state_row`` for several runs at once, locking in run id order: run id -> version."""
+    insert = _insert(session)
+    now = datetime.now(timezone.utc)
+    ids = sorted(set(run_ids))
+    session.execute(
+        insert(EngineState).on_conflict_do_nothing(index_elements=["run_id"]),
+        [{"run_id": rid, "state": {}, "version": 0, "updated": now} for rid in ids],
+    )
+    rows = session.execute(
+        select(EngineState.run_id, EngineState.version)
+        .where(EngineState.run_id.in_(ids))
+        .order_by(EngineState.run_id)
+        .with_for_update()
+    )
+    return {int(rid): int(version) for rid, version in rows}
+
+
 def load_state_blob(session: Session, run_id: int) -> dict[str, Any] | None:
     return session.execute(select(EngineState.state).where(EngineState.run_id == run_id)).scalar_one_or_none()
 
@@ -98,6 +116,20 @@ def save_state(session: Session, state: RunState, version: int) -> int:
         .values(state=state.to_state(), version=new_version, updated=datetime.now(timezone.utc))
     )
     return new_version
+
+
+def save_states(session: Session, states: list[RunState], versions: dict[int, int]) -> None:
+    """``save_state`` for several runs in one statement; each state's ``version`` becomes the saved one."""
+    if not states:
+        return
+    now = datetime.now(timezone.utc)
+    session.execute(
+        update(EngineState),
+        [{"run_id": s.run_id, "state": s.to_state(), "version": versions[s.run_id] + 1, "updated": now}
+         for s in sorted(states, key=lambda s: s.run_id)],
+    )
+    for s in states:
+        s.version = versions[s.run_id] + 1
 
 
 def next_episode(session: Session, run_id: int, rule_id: str, layer: str) -> int:

@@ -102,7 +102,7 @@ class BatchWriter:
         self._claim_stmt = (
             self._ins(BatchRow.__table__)
             .on_conflict_do_nothing(index_elements=["run_id", "rank", "seq"])
-            .returning(BatchRow.seq)  # a row back means inserted; nothing back means it was already there
+            .returning(BatchRow.run_id, BatchRow.rank, BatchRow.seq)  # rows back: inserted; missing: already there
         )
         self._lock_stmt = (
             select(Series.id, Series.last_step, Series.last_value, Series.last_time, Series.downsampled_before)
@@ -111,8 +111,9 @@ class BatchWriter:
             .with_for_update(key_share=True)  # FOR NO KEY UPDATE: does not block foreign-key checks
         )
         self._run_stmt = (
-            select(Run.status, Run.steps, Run.config, Run.info, Run.ended, Run.client_stats, Run.started)
-            .where(Run.id == bindparam("rid"))
+            select(Run.id, Run.status, Run.steps, Run.config, Run.info, Run.ended, Run.client_stats, Run.started)
+            .where(Run.id.in_(bindparam("rids", expanding=True)))
+            .order_by(Run.id)
             .with_for_update(key_share=True)
         )
         self._run_update = update(Run).where(Run.id == bindparam("rid"))
@@ -175,45 +176,73 @@ class BatchWriter:
 
     def claim(self, conn: Connection, run_id: int, batch: Batch, now: datetime) -> bool:
         """Insert the idempotency row; False when (run, rank, seq) was already stored (a replay)."""
-        result = conn.execute(
-            self._claim_stmt,
-            {"run_id": run_id, "rank": batch.rank, "seq": batch.seq, "received": now, "points": batch.point_count()},
+        return bool(self.claim_many(conn, [(run_id, batch)], now))
+
+    def claim_many(self, conn: Connection, items: list[tuple[int, Batch]], now: datetime) -> set[tuple[int, int, int]]:
+        """Insert the idempotency rows of several batches in one statement, in (run, rank, seq) order.
+
+        Returns the (run_id, rank, seq) keys that were new; the others were already stored (replays).
+        """
+        params = sorted(
+            ({"run_id": run_id, "rank": b.rank, "seq": b.seq, "received": now, "points": b.point_count()}
+             for run_id, b in items),
+            key=lambda p: (p["run_id"], p["rank"], p["seq"]),
         )
-        return result.first() is not None
+        return {tuple(row) for row in conn.execute(self._claim_stmt, params)}
 
     def write(self, conn: Connection, run_id: int, batch: Batch, known_series: dict[str, int], now: datetime) -> Written:
         """Store the batch's points, rollups, series counters and run changes (after ``claim``)."""
-        names = [n for n, pts in batch.series.items() if pts]
-        ids = self._ensure_series(conn, run_id, names, known_series)
-        old = self._lock_series(conn, sorted(ids.values()))
+        return self.write_many(conn, [(run_id, batch, known_series)], now)[0]
+
+    def write_many(
+        self, conn: Connection, items: list[tuple[int, Batch, dict[str, int]]], now: datetime
+    ) -> list[Written]:
+        """Store several claimed batches, at most one per run, with one statement per kind of row.
+
+        ``items``: (run id, batch, the series ids already known for that run). Series rows are locked in id
+        order and runs in id order, whatever the order of ``items``, so concurrent writers never deadlock.
+        """
+        runs = [run_id for run_id, _, _ in items]
+        if len(set(runs)) != len(runs):
+            raise ValueError("write_many takes at most one batch per run")
+        order = sorted(range(len(items)), key=lambda i: runs[i])
+        all_ids: dict[int, dict[str, int]] = {}
+        for i in order:
+            run_id, batch, known = items[i]
+            names = [n for n, pts in batch.series.items() if pts]
+            all_ids[i] = self._ensure_series(conn, run_id, names, known)
+        old = self._lock_series(conn, sorted(sid for ids in all_ids.values() for sid in ids.values()))
         fresh_rows: list[tuple] = []
         upserts: list[tuple[int, list[tuple]]] = []
         rollup_rows: list[tuple] = []
         series_updates: list[dict[str, Any]] = []
-        total = 0
-        max_step: int | None = None
-        for name in names:
-            sid = ids[name]
-            rows = _rows(batch.series[name], sid)
-            last_step, last_value, last_time, thinned_below = old[sid]
-            is_fresh = last_step is None or rows[0][0] > last_step
-            if is_fresh:
-                fresh_rows.extend(rows)
-                new = len(rows)
-                for level, summaries in rollup.all_levels(rows).items():
-                    rollup_rows.extend(_rollup_params(sid, level, summaries))
-            else:
-                new = len(rows) - self._count_existing(conn, sid, [r[0] for r in rows])
-                upserts.append((sid, rows))
-            total += len(rows)
-            top = rows[-1]
-            if last_step is None or top[0] >= last_step:
-                last_step, last_value, last_time = top[0], top[2], top[1]
-            if max_step is None or top[0] > max_step:
-                max_step = top[0]
-            series_updates.append(
-                {"id": sid, "n": new, "last_step": last_step, "last_value": last_value, "last_time": last_time}
-            )
+        written: dict[int, Written] = {}
+        for i in order:
+            batch = items[i][1]
+            ids = all_ids[i]
+            total = 0
+            max_step: int | None = None
+            for name, sid in ids.items():
+                rows = _rows(batch.series[name], sid)
+                last_step, last_value, last_time, _ = old[sid]
+                if last_step is None or rows[0][0] > last_step:
+                    fresh_rows.extend(rows)
+                    new = len(rows)
+                    for level, summaries in rollup.all_levels(rows).items():
+                        rollup_rows.extend(_rollup_params(sid, level, summaries))
+                else:
+                    new = len(rows) - self._count_existing(conn, sid, [r[0] for r in rows])
+                    upserts.append((sid, rows))
+                total += len(rows)
+                top = rows[-1]
+                if last_step is None or top[0] >= last_step:
+                    last_step, last_value, last_time = top[0], top[2], top[1]
+                if max_step is None or top[0] > max_step:
+                    max_step = top[0]
+                series_updates.append(
+                    {"id": sid, "n": new, "last_step": last_step, "last_value": last_value, "last_time": last_time}
+                )
+            written[i] = Written(points=total, series_ids=ids, max_step=max_step)
         if fresh_rows:
             self._insert_points(conn, fresh_rows)
         for sid, rows in upserts:
@@ -222,9 +251,10 @@ class BatchWriter:
         if rollup_rows:
             self._merge_rollups(conn, rollup_rows)
         if series_updates:
+            series_updates.sort(key=lambda u: u["id"])
             conn.execute(_SERIES_UPDATE, series_updates)
-        self._update_run(conn, run_id, batch, now, max_step)
-        return Written(points=total, series_ids=ids, max_step=max_step)
+        self._update_runs(conn, [(runs[i], items[i][1], written[i].max_step) for i in order], now)
+        return [written[i] for i in range(len(items))]
 
     def _lock_series(self, conn: Connection, ids: list[int]) -> dict[int, tuple]:
         out: dict[int, tuple] = {}
@@ -310,8 +340,16 @@ class BatchWriter:
             out.extend(_rollup_params(sid, level, summaries))
         return out
 
-    def _update_run(self, conn: Connection, run_id: int, batch: Batch, now: datetime, max_step: int | None) -> None:
-        run = conn.execute(self._run_stmt, {"rid": run_id}).one()
+    def _update_runs(self, conn: Connection, items: list[tuple[int, Batch, int | None]], now: datetime) -> None:
+        """Lock the runs (in id order) and apply each batch's changes: last seen, steps, status, info."""
+        rows = {}
+        for chunk in _chunks(sorted(run_id for run_id, _, _ in items)):
+            rows.update((r.id, r) for r in conn.execute(self._run_stmt, {"rids": chunk}))
+        for run_id, batch, max_step in items:
+            conn.execute(self._run_update, {"rid": run_id, **self._run_changes(rows[run_id], batch, now, max_step)})
+
+    @staticmethod
+    def _run_changes(run: Any, batch: Batch, now: datetime, max_step: int | None) -> dict[str, Any]:
         values: dict[str, Any] = {"last_seen": now}
         steps = run.steps
         if max_step is not None and max_step > steps:
@@ -357,7 +395,7 @@ class BatchWriter:
             stats = dict(run.client_stats or {})
             stats[str(batch.rank)] = json_safe(batch.client.model_dump())
             values["client_stats"] = stats
-        conn.execute(self._run_update, {"rid": run_id, **values})
+        return values
 
 
 def json_safe(value: Any) -> Any:
