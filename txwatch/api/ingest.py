@@ -13,7 +13,7 @@ from starlette.requests import ClientDisconnect
 
 from txwatch import exporter
 from txwatch.api.deps import get_services, require_token
-from txwatch.api.errors import batch_error, error_response
+from txwatch.api.errors import NaNJSONResponse, batch_error, error_response
 from txwatch.api.models import ERRORS, ErrorBody, IngestAck
 from txwatch.collector.schema import Batch
 from txwatch.services import Services
@@ -113,7 +113,8 @@ def _validate_and_store(services: Services, body: bytes):
             503, f"database unavailable ({exc.__class__.__name__}); the batch was not stored, retry later",
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
-    return {"accepted": result.accepted, "duplicate": result.duplicate, "points": result.points}
+    # a Response, not a dict: FastAPI would validate the dict against IngestAck again on every batch
+    return NaNJSONResponse({"accepted": result.accepted, "duplicate": result.duplicate, "points": result.points})
 
 
 _last_db_log = [0.0]

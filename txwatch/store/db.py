@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,7 @@ from alembic.script import ScriptDirectory
 from platformdirs import user_data_dir
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,8 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # SQLite waits this long for a writer lock before failing: long enough to ride out a checkpoint or a
 # concurrent collector's transaction, short enough that a wedged database is reported.
 SQLITE_BUSY_TIMEOUT_S = 30.0
+# A pooled server connection unused for this long is checked before use (see _ping_when_idle).
+IDLE_PING_S = 10.0
 
 
 class DatabaseError(Exception):
@@ -75,9 +79,35 @@ def make_engine(url: str | None = None, **kwargs) -> Engine:
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        _ping_when_idle(engine.pool)
+    return engine
+
+
+def _ping_when_idle(pool) -> None:
+    """Check a pooled connection before use only when it sat idle for ``IDLE_PING_S``: a server restart or an
+    idle timeout is caught (the pool opens a fresh connection), without ``pool_pre_ping``'s round trip on every
+    checkout, which busy ingest paid once per batch."""
+
+    @event.listens_for(pool, "connect")
+    @event.listens_for(pool, "checkin")
+    def _mark(dbapi_conn, record) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def _ping(dbapi_conn, record, proxy) -> None:
+        if time.monotonic() - record.info.get("idle_since", 0.0) < IDLE_PING_S:
+            return
+        try:
+            cur = dbapi_conn.cursor()
+            cur.execute("SELECT 1")
+            cur.close()
+            dbapi_conn.rollback()
+        except Exception as exc:
+            log.info("a pooled database connection was dead (%s); opening a new one", exc.__class__.__name__)
+            raise DisconnectionError() from exc
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
