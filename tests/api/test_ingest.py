@@ -8,7 +8,7 @@ import math
 import httpx
 import pytest
 
-from tests.api.conftest import start_live
+from tests.live import start_live
 from tests.collector.batches import T0, batch, dumps, steps
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
-from tests.api.conftest import start_live
+from tests.live import start_live
 from tests.api.test_ingest import post
 from tests.collector.batches import T0, batch, steps
 from txwatch.store.models import Run

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.api.conftest import start_live
+from tests.live import start_live
 from tests.collector.batches import batch, dumps, steps
 from tests.conftest import _pg_base, create_pg_database, drop_pg_database
 

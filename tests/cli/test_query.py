@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.api.conftest import start_live
+from tests.live import start_live
 from tests.collector.batches import T0, batch, steps
 from txwatch.collector.core import Collector
 from txwatch.collector.schema import Batch

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import txwatch_hooks
-from tests.api.conftest import START_TIMEOUT_S, Live
 from txwatch_hooks import transport
 from txwatch_hooks.testing import free_port
 from tests.hooks.conftest import TinyNet, batch_of
+from tests.live import start_live
 
 pytestmark = pytest.mark.slow
 QUIET = {"system_interval_s": 0, "heartbeat_s": 60.0, "crash_hooks": False, "schedule_delay_s": 0.05}
@@ -28,27 +28,6 @@ def _train(model, opt, monitor, steps, nan_from=None):
         if nan_from is not None and monitor.step >= nan_from:
             loss = loss * float("nan")
         monitor.log(loss=loss)
-
-
-def start_live(db_url: str, port: int) -> Live:
-    """The real daemon on a fixed port (tests.api.conftest.start_live always takes port 0), so that a
-    restarted collector is found where the hooks left it."""
-    import threading
-    import time
-
-    from txwatch.daemon import Daemon
-    from txwatch.settings import Settings
-
-    daemon = Daemon(Settings(port=port, db_url=db_url))
-    daemon.build()
-    thread = threading.Thread(target=daemon.run, name="txwatch.test-daemon", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not daemon.server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test daemon did not start")
-        time.sleep(0.02)
-    return Live(f"http://127.0.0.1:{port}", daemon, thread)
 
 
 def _series(url, run, name, project="default"):

@@ -7,8 +7,9 @@ import io
 import json
 import math
 import sys
+from contextlib import closing
 from datetime import datetime
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape  # free text (symptoms, configs, errors) may contain [brackets]
@@ -16,13 +17,14 @@ from rich.markup import escape  # free text (symptoms, configs, errors) may cont
 from txwatch.cli.app import app
 from txwatch.cli.errors import CliError
 
-ENDPOINT = typer.Option(None, "--endpoint", envvar="TXWATCH_ENDPOINT",
-                        help="Read from the daemon at this URL (e.g. http://127.0.0.1:8642).")
-DB = typer.Option(None, "--db", envvar="TXWATCH_DB_URL",
-                  help="Read this database (URL or SQLite path); default: the local database.")
-TOKEN = typer.Option(None, "--token", envvar="TXWATCH_TOKEN", help="Bearer token for the daemon.")
-JSON = typer.Option(False, "--json", help="Print JSON (NaN and Infinity as Python's json writes them).")
-CSV = typer.Option(False, "--csv", help="Print CSV.")
+# The options every query command shares (typer reads them from these Annotated types).
+Endpoint = Annotated[Optional[str], typer.Option(
+    "--endpoint", envvar="TXWATCH_ENDPOINT", help="Read from the daemon at this URL (e.g. http://127.0.0.1:8642).")]
+Db = Annotated[Optional[str], typer.Option(
+    "--db", envvar="TXWATCH_DB_URL", help="Read this database (URL or SQLite path); default: the local database.")]
+Token = Annotated[Optional[str], typer.Option("--token", envvar="TXWATCH_TOKEN", help="Bearer token for the daemon.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON (NaN and Infinity as Python's json writes them).")]
+AsCsv = Annotated[bool, typer.Option("--csv", help="Print CSV.")]
 
 RUN_FIELDS = ["name", "project", "status", "started", "ended", "steps", "last_loss", "host", "end_reason"]
 DIAG_FIELDS = ["rule", "severity", "state", "run", "project", "layer", "step", "first_seen", "symptom", "cause",
@@ -33,10 +35,11 @@ STATUS_STYLE = {"running": "green", "finished": "blue", "crashed": "bold red", "
 TABLE_POINTS = 50  # metrics as a table shows the last ones; --json/--csv print them all
 
 
-def _source(endpoint, db, token):
+def _source(endpoint: str | None, db: str | None, token: str | None) -> closing:
+    """The source to read from, closed when the ``with`` block ends."""
     from txwatch.cli.source import open_source
 
-    return open_source(endpoint, db, token)
+    return closing(open_source(endpoint, db, token))
 
 
 def _check_format(as_json: bool, as_csv: bool) -> None:
@@ -89,16 +92,12 @@ def runs(
     project: Optional[str] = typer.Option(None, "--project", help="Only this project."),
     status: Optional[str] = typer.Option(None, "--status", help="running, finished, crashed, stalled, vanished."),
     limit: int = typer.Option(100, "--limit", min=1, help="At most this many (newest first)."),
-    endpoint: Optional[str] = ENDPOINT, db: Optional[str] = DB, token: Optional[str] = TOKEN,
-    as_json: bool = JSON, as_csv: bool = CSV,
+    endpoint: Endpoint = None, db: Db = None, token: Token = None, as_json: AsJson = False, as_csv: AsCsv = False,
 ) -> None:
     """List runs, newest first."""
     _check_format(as_json, as_csv)
-    src = _source(endpoint, db, token)
-    try:
+    with _source(endpoint, db, token) as src:
         rows = src.runs(project=project, status=status, limit=limit)
-    finally:
-        src.close()
     if as_json:
         return _print_json(rows)
     if as_csv:
@@ -123,15 +122,11 @@ def runs(
 @app.command()
 def show(
     run: str = typer.Argument(..., help="RUN or PROJECT/RUN."),
-    endpoint: Optional[str] = ENDPOINT, db: Optional[str] = DB, token: Optional[str] = TOKEN,
-    as_json: bool = JSON,
+    endpoint: Endpoint = None, db: Db = None, token: Token = None, as_json: AsJson = False,
 ) -> None:
     """Show one run: status, config, latest values and firing diagnoses."""
-    src = _source(endpoint, db, token)
-    try:
+    with _source(endpoint, db, token) as src:
         detail = src.run(run)
-    finally:
-        src.close()
     if as_json:
         return _print_json(detail)
     from rich.panel import Panel
@@ -175,16 +170,12 @@ def metrics(
     name: str = typer.Argument(..., help="Series name, e.g. loss or grad_norm/fc.weight."),
     max_points: Optional[int] = typer.Option(None, "--max-points", min=2,
                                              help="Downsample (min/max per bucket) to about this many points."),
-    endpoint: Optional[str] = ENDPOINT, db: Optional[str] = DB, token: Optional[str] = TOKEN,
-    as_json: bool = JSON, as_csv: bool = CSV,
+    endpoint: Endpoint = None, db: Db = None, token: Token = None, as_json: AsJson = False, as_csv: AsCsv = False,
 ) -> None:
     """Print one metric series of a run, in step order."""
     _check_format(as_json, as_csv)
-    src = _source(endpoint, db, token)
-    try:
+    with _source(endpoint, db, token) as src:
         points = src.points(run, name, max_points)
-    finally:
-        src.close()
     if as_json:
         sys.stdout.write(json.dumps([{"step": p["step"], "value": p["value"], "time": p["time"]} for p in points],
                                     allow_nan=True) + "\n")
@@ -209,18 +200,14 @@ def diagnoses(
     rule: Optional[str] = typer.Option(None, "--rule", help="Only this rule id."),
     severity: Optional[str] = typer.Option(None, "--severity", help="critical, warning or info."),
     state: Optional[str] = typer.Option(None, "--state", help="firing or resolved."),
-    endpoint: Optional[str] = ENDPOINT, db: Optional[str] = DB, token: Optional[str] = TOKEN,
-    as_json: bool = JSON, as_csv: bool = CSV,
+    endpoint: Endpoint = None, db: Db = None, token: Token = None, as_json: AsJson = False, as_csv: AsCsv = False,
 ) -> None:
     """List diagnoses (newest first): what went wrong, the likely cause and the fix."""
     _check_format(as_json, as_csv)
-    src = _source(endpoint, db, token)
-    try:
+    with _source(endpoint, db, token) as src:
         if run and "/" not in run and endpoint:
             run = "/".join(src.resolve(run))
         rows = src.diagnoses(run=run, project=project, rule=rule, severity=severity, state=state)
-    finally:
-        src.close()
     if as_json:
         return _print_json(rows)
     if as_csv:
