@@ -18,16 +18,19 @@ for _name in ("OutOfMemoryError",):
 _cuda_oom = getattr(torch.cuda, "OutOfMemoryError", None)
 if isinstance(_cuda_oom, type) and _cuda_oom not in _OOM_TYPES:
     _OOM_TYPES += (_cuda_oom,)
+# What an allocator says when it is a plain RuntimeError: "CUDA/MPS/XPU out of memory" (older torch, other
+# backends) and the CPU allocator's "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes".
+_OOM_MESSAGES = ("out of memory", "can't allocate memory")
 
 
 def is_oom(exc: BaseException) -> bool:
     """True for torch.OutOfMemoryError / torch.cuda.OutOfMemoryError / MemoryError, also when wrapped
-    (``raise X from oom``) or only said in the message (older torch, other backends)."""
+    (``raise X from oom``) or only said in the message (the CPU allocator, older torch, other backends)."""
     seen = 0
     while exc is not None and seen < 10:
         if isinstance(exc, _OOM_TYPES):
             return True
-        if isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower():
+        if isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MESSAGES):
             return True
         exc = exc.__cause__ or exc.__context__
         seen += 1

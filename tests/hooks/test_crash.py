@@ -16,6 +16,7 @@ CASES = {  # mode -> (status, error type)
     "exit1": ("finished", None),  # sys.exit is an exit, not a crash
     "crash": ("crashed", "RuntimeError"),
     "oom": ("oom", "torch.OutOfMemoryError"),
+    "cpu_oom": ("oom", "RuntimeError"),  # DefaultCPUAllocator: can't allocate memory
 }
 
 
@@ -52,6 +53,8 @@ def test_end_is_reported_before_the_process_exits(finished_jobs, mode):
     assert end["memory"]["cpu"]["rss"] > 0
     if error_type:
         assert end["error"]["type"] == error_type
+        if mode == "cpu_oom":
+            assert "DefaultCPUAllocator: can't allocate memory" in end["error"]["message"]
     else:
         assert "error" not in end
 
