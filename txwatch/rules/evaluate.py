@@ -192,35 +192,23 @@ class Compiler:
         items = [self.compile(i) for i in node.items]
         # evaluation stops early only when no later item keeps a running baseline that must see every step
         stateful_after = [any(self.has_state(i) for i in node.items[k + 1 :]) for k in range(len(node.items))]
-        if node.op == "and":
+        # three-valued and/or: the deciding value (False for and, True for or) settles it; without one, any
+        # unknown (None) item leaves the result unknown
+        decisive = node.op != "and"
 
-            def fn_and(ctx: Context, layer: str | None) -> Value:
-                result: Value = True
-                for g, must_go_on in zip(items, stateful_after):
-                    v = g(ctx, layer)
-                    if v is False:
-                        result = False
-                        if not must_go_on and ctx.explain is None:
-                            return False
-                    elif v is None and result is True:
-                        result = None
-                return result
-
-            return fn_and
-
-        def fn_or(ctx: Context, layer: str | None) -> Value:
-            result: Value = False
+        def fn(ctx: Context, layer: str | None) -> Value:
+            result: Value = not decisive
             for g, must_go_on in zip(items, stateful_after):
                 v = g(ctx, layer)
-                if v is True:
-                    result = True
+                if v is decisive:
+                    result = decisive
                     if not must_go_on and ctx.explain is None:
-                        return True
-                elif v is None and result is False:
+                        return decisive
+                elif v is None and result is not decisive:
                     result = None
             return result
 
-        return fn_or
+        return fn
 
     def _call(self, node: Call) -> Fn:
         spec = FUNCTIONS[node.name]
