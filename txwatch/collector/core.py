@@ -168,12 +168,14 @@ class Collector:
         with self._write_lock:
             for item in group:
                 item.run_id = self._run_id(item.batch, now)
-            with self.engine.begin() as conn:
-                claimed = self.writer.claim_many(conn, [(item.run_id, item.batch) for item in group], now)
-                new = [item for item in group if (item.run_id, item.batch.rank, item.batch.seq) in claimed]
-                written = self.writer.write_many(
-                    conn, [(item.run_id, item.batch, self._series.get(item.run_id, {})) for item in new], now
-                )
+            with self.engine.connect() as conn:
+                self.writer.prepare(conn)
+                with conn.begin():
+                    claimed = self.writer.claim_many(conn, [(item.run_id, item.batch) for item in group], now)
+                    new = [item for item in group if (item.run_id, item.batch.rank, item.batch.seq) in claimed]
+                    written = self.writer.write_many(
+                        conn, [(item.run_id, item.batch, self._series.get(item.run_id, {})) for item in new], now
+                    )
         done = {id(item): w for item, w in zip(new, written)}
         for item in group:
             w = done.get(id(item))

@@ -228,7 +228,8 @@ class RuleEngine:
             version = int(row[0]) if row is not None else 0
             state = self._cached(run_id, version)
             if state is None:
-                state = RunState.from_state(run_id, self.core.index, load_state_blob(session, run_id))
+                saved = load_state_blob(session, run_id) if row is not None else None  # a new run has none
+                state = RunState.from_state(run_id, self.core.index, saved)
                 state.version = version
         return state
 

@@ -61,6 +61,25 @@ _ROLLUP_MERGE_PG = (
     f"INSERT INTO rollups ({', '.join(_ROLLUP_COLS)}) "
     f"SELECT * FROM unnest({', '.join('%s::' + t + '[]' for t in _ROLLUP_TYPES)})" + _ROLLUP_ON_CONFLICT
 )
+# PostgreSQL: rollups and series counters travel by binary COPY into per-connection staging tables, then one
+# statement merges them. Binding them as arrays cost 10 us of client CPU per row (psycopg's array dumper
+# quotes each element in Python); COPY writes rows in C. Measured on 80 rollup rows: 0.75 -> 0.3 ms.
+_PG_STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS rollups_in (LIKE rollups) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS series_in (id int4, n int8, last_step int8, last_value float8, "
+    "last_time float8) ON COMMIT DELETE ROWS",
+)
+_PG_STAGED = "txwatch_staging_tables"  # connection-record flag: the staging tables exist on this connection
+_ROLLUP_COPY_PG = f"COPY rollups_in ({', '.join(_ROLLUP_COLS)}) FROM STDIN (FORMAT BINARY)"
+_ROLLUP_MERGE_STAGED_PG = (
+    f"INSERT INTO rollups ({', '.join(_ROLLUP_COLS)}) SELECT {', '.join(_ROLLUP_COLS)} FROM rollups_in"
+    + _ROLLUP_ON_CONFLICT
+)
+_SERIES_COPY_PG = "COPY series_in (id, n, last_step, last_value, last_time) FROM STDIN (FORMAT BINARY)"
+_SERIES_UPDATE_STAGED_PG = (
+    "UPDATE series SET points = series.points + u.n, last_step = u.last_step, last_value = u.last_value, "
+    "last_time = u.last_time FROM series_in u WHERE series.id = u.id"
+)
 _SERIES_UPDATE = text(
     "UPDATE series SET points = points + :n, last_step = :last_step, last_value = :last_value, "
     "last_time = :last_time WHERE id = :id"
@@ -251,8 +270,7 @@ class BatchWriter:
         if rollup_rows:
             self._merge_rollups(conn, rollup_rows)
         if series_updates:
-            series_updates.sort(key=lambda u: u["id"])
-            conn.execute(_SERIES_UPDATE, series_updates)
+            self._update_series(conn, series_updates)
         self._update_runs(conn, [(runs[i], items[i][1], written[i].max_step) for i in order], now)
         return [written[i] for i in range(len(items))]
 
@@ -294,10 +312,7 @@ class BatchWriter:
                 cur.close()
             return
         # PostgreSQL: binary COPY is 4x faster than INSERT for thousands of rows
-        with dbapi.cursor() as cur, cur.copy(f"COPY points ({_POINT_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(["int8", "float8", "float8", "int4"])
-            for row in rows:
-                copy.write_row(row)
+        self._copy(conn, f"COPY points ({_POINT_COLS}) FROM STDIN (FORMAT BINARY)", ("int8", "float8", "float8", "int4"), rows)
 
     def _upsert_points(self, conn: Connection, rows: list[tuple]) -> None:
         if self.dialect == "sqlite":
@@ -306,11 +321,42 @@ class BatchWriter:
             cols = tuple(list(c) for c in zip(*rows))
             conn.exec_driver_sql(self._points_upsert, cols)
 
+    def prepare(self, conn: Connection) -> None:
+        """Make ``conn`` ready for ``write_many`` (outside a transaction; commits what it creates).
+
+        On PostgreSQL this creates the connection's staging tables once; SQLite needs nothing.
+        """
+        if self.dialect != "postgresql" or conn.connection.info.get(_PG_STAGED):
+            return
+        for stmt in _PG_STAGING:
+            conn.exec_driver_sql(stmt)
+        conn.commit()
+        conn.connection.info[_PG_STAGED] = True
+
     def _merge_rollups(self, conn: Connection, rows: list[tuple]) -> None:
         if self.dialect == "sqlite":
             conn.exec_driver_sql(_ROLLUP_MERGE_SQLITE, rows)
+        elif conn.connection.info.get(_PG_STAGED):
+            self._copy(conn, _ROLLUP_COPY_PG, _ROLLUP_TYPES, rows)
+            conn.exec_driver_sql(_ROLLUP_MERGE_STAGED_PG)
         else:
             conn.exec_driver_sql(_ROLLUP_MERGE_PG, tuple(list(c) for c in zip(*rows)))
+
+    def _update_series(self, conn: Connection, updates: list[dict[str, Any]]) -> None:
+        updates.sort(key=lambda u: u["id"])
+        if self.dialect == "postgresql" and conn.connection.info.get(_PG_STAGED):
+            rows = [(u["id"], u["n"], u["last_step"], u["last_value"], u["last_time"]) for u in updates]
+            self._copy(conn, _SERIES_COPY_PG, ("int4", "int8", "int8", "float8", "float8"), rows)
+            conn.exec_driver_sql(_SERIES_UPDATE_STAGED_PG)
+        else:
+            conn.execute(_SERIES_UPDATE, updates)
+
+    @staticmethod
+    def _copy(conn: Connection, sql: str, types, rows: list[tuple]) -> None:
+        with conn.connection.dbapi_connection.cursor() as cur, cur.copy(sql) as copy:
+            copy.set_types(list(types))
+            for row in rows:
+                copy.write_row(row)
 
     def _recompute_rollups(self, conn: Connection, sid: int, rows: list[tuple], thinned_below: int | None) -> list[tuple]:
         """Summaries of the blocks an overwrite touched, rebuilt from the raw points (last write wins)."""
