@@ -142,3 +142,15 @@ def test_nan_loss_is_diagnosed_and_listed(client):
     assert get(client, "/api/v1/diagnoses", severity=d["severity"], state="firing")["diagnoses"]
     assert get(client, "/api/v1/diagnoses", rule="dead-layer")["diagnoses"] == []
     assert get(client, "/api/v1/runs/p/r")["firing"][d["severity"]] == 1
+
+
+def test_diagnosis_filters_refuse_what_no_run_or_rule_is_called(client):
+    r = client.get("/api/v1/diagnoses", params={"run": "p/r/extra"})
+    assert r.status_code == 422
+    detail = r.json()["details"][0]
+    assert detail["field"] == "query.run" and "project/run" in detail["problem"], r.text
+    r = client.get("/api/v1/diagnoses", params={"rule": "Loss NaN\x00"})
+    assert r.status_code == 422
+    detail = r.json()["details"][0]
+    assert detail["field"] == "query.rule" and "loss-nonfinite" in detail["problem"], r.text
+    assert client.get("/api/v1/diagnoses", params={"run": "p/r", "rule": "loss-nonfinite"}).status_code == 200

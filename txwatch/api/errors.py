@@ -61,6 +61,10 @@ def _problem(err: dict) -> str:
     loc = err.get("loc", ())
     msg = err.get("msg", "invalid")
     if err.get("type") == "string_pattern_mismatch":
+        if tuple(loc) == ("query", "run"):
+            return f"run filter: a run name, or project/run, each part {NAME_HINT}"
+        if tuple(loc) == ("query", "rule"):
+            return "rule filter: a rule id, lowercase letters, digits and '-' (e.g. loss-nonfinite; see 'txwatch rules list')"
         if loc and loc[-1] in ("run", "project"):
             return f"{loc[-1]} {NAME_HINT}"
         if "[key]" in loc or (len(loc) >= 2 and loc[0] == "series"):
