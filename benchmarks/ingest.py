@@ -5,8 +5,9 @@
 
 Measures, each against a baseline in the same run:
 1. sustained ingest through HTTP (`txwatch serve` on SQLite, then PostgreSQL) with batched clients,
-   against the in-process path (Collector.ingest on the same database kind);
-2. 100 concurrent runs each sending one batch per second: ingest latency p50/p99;
+   against the in-process path (Collector.ingest on the same database), in interleaved rounds;
+2. 100 concurrent runs each sending one batch per second: ingest latency p50/p99, on the database the first
+   part filled (millions of rows: on PostgreSQL, autovacuum and checkpoints of that ingest run meanwhile);
 3. reading a 1M-point series downsampled to 2,000 points, against a plain SQL GROUP BY over the raw points.
 """
 
@@ -121,24 +122,50 @@ def http_ingest(url: str, seconds: float, clients: int, series: int, steps: int)
     return sum(done) / (time.monotonic() - start)
 
 
-def inprocess_ingest(db_url: str, seconds: float, series: int, steps: int, with_rules: bool) -> float:
-    """Points per second through Collector.ingest (JSON validation included, as embedded mode does)."""
+def inprocess_ingest(collector, seconds: float, clients: int, series: int, steps: int) -> float:
+    """Points per second through Collector.ingest from ``clients`` threads, each its own run (JSON validation
+    included, as embedded mode does): the HTTP path minus HTTP."""
+    per_client = max(4, int(800_000 * seconds / (series * steps)))
+    bodies = {c: [body(f"inproc-{c}-{uuid.uuid4().hex[:6]}", seq, series, steps) for seq in range(per_client)]
+              for c in range(clients)}
+    done = [0] * clients
+    stop = time.monotonic() + seconds
+
+    def client(c: int):
+        for b in bodies[c]:
+            if time.monotonic() >= stop:
+                return
+            done[c] += collector.ingest(Batch.model_validate_json(b)).points
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.monotonic() - start)
+
+
+def sustained(db_url: str, seconds: float, series: int, steps: int, rounds: int = 3) -> dict[str, float]:
+    """Points/s of the three ingest paths, interleaved: ``rounds`` rounds of each in turn, so the database
+    grows alike under all three; each figure is the median of its rounds."""
     from txwatch.services import build_services
     from txwatch.settings import Settings
 
-    services = build_services(Settings(db_url=db_url, builtin_rules=with_rules))
-    collector = services.collector if with_rules else Collector(services.session_factory)
-    run = f"inproc-{uuid.uuid4().hex[:6]}"
-    bodies = [body(run, seq, series, steps) for seq in range(max(4, int(800_000 * seconds / (series * steps))))]
-    n = 0
-    start = time.monotonic()
-    for b in bodies:
-        if time.monotonic() - start >= seconds:
-            break
-        n += collector.ingest(Batch.model_validate_json(b)).points
-    rate = n / (time.monotonic() - start)
-    services.close()
-    return rate
+    services = build_services(Settings(db_url=db_url, builtin_rules=False))
+    collector = Collector(services.session_factory)
+    with_rules, store_only = Daemon(db_url), Daemon(db_url, {"TXWATCH_BUILTIN_RULES": "false"})
+    figures: dict[str, list[float]] = {"http_rules": [], "http_store": [], "inproc": []}
+    try:
+        for _ in range(rounds):
+            figures["http_rules"].append(http_ingest(with_rules.url, seconds, 2, series, steps))
+            figures["http_store"].append(http_ingest(store_only.url, seconds, 2, series, steps))
+            figures["inproc"].append(inprocess_ingest(collector, seconds, 2, series, steps))
+    finally:
+        with_rules.stop()
+        store_only.stop()
+        services.close()
+    return {k: statistics.median(v) for k, v in figures.items()}
 
 
 # -- 2. many runs, one batch a second each -----------------------------------------------------------------
@@ -146,35 +173,48 @@ def inprocess_ingest(db_url: str, seconds: float, series: int, steps: int, with_
 def latency(url: str, runs: int, seconds: float) -> list[float]:
     """Ingest latencies (s) of ``runs`` clients each sending one batch (20 series x 10 steps) per second.
 
-    One asyncio loop drives every client with bodies built beforehand, so the client side adds little
-    (100 client threads would measure their own GIL contention instead of the daemon)."""
+    One asyncio loop drives every client over keep-alive connections with bodies and request heads built
+    beforehand, writing HTTP/1.1 itself: the load generator shares the 2 CPUs with the daemon, and httpx's
+    per-request cost (about 2 ms of CPU) showed up as latency the daemon did not cause."""
     import asyncio
+    from urllib.parse import urlsplit
 
     n = int(seconds)
-    bodies = {k: [body(f"lat-{k}-{uuid.uuid4().hex[:6]}", seq, 20, 10) for seq in range(n)] for k in range(runs)}
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    requests = {k: [b"POST /api/v1/ingest HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(b), b)
+                    for b in (body(f"lat-{k}-{uuid.uuid4().hex[:6]}", seq, 20, 10) for seq in range(n))]
+                for k in range(runs)}
     out: list[float] = []
 
-    async def client(h, k: int, t0: float):
-        for seq in range(n):
-            at = t0 + seq + k / runs  # spread the clients over each second
-            await asyncio.sleep(max(0.0, at - time.perf_counter()))
-            t = time.perf_counter()
-            for attempt in range(3):  # as the hooks do: a dropped connection is retried (idempotent by seq)
-                try:
-                    r = await h.post("/api/v1/ingest", content=bodies[k][seq],
-                                     headers={"content-type": "application/json"})
-                    break
-                except httpx.TransportError:
-                    if attempt == 2:
-                        raise
-            out.append(time.perf_counter() - t)
-            r.raise_for_status()
+    async def post(conn, request: bytes) -> int:
+        reader, writer = conn
+        writer.write(request)
+        status = int((await reader.readline()).split()[1])
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+        return status
+
+    async def client(k: int, t0: float):
+        conn = await asyncio.open_connection(host, port)
+        try:
+            for seq in range(n):
+                at = t0 + seq + k / runs  # spread the clients over each second
+                await asyncio.sleep(max(0.0, at - time.perf_counter()))
+                t = time.perf_counter()
+                status = await post(conn, requests[k][seq])
+                out.append(time.perf_counter() - t)
+                if status != 200:
+                    raise RuntimeError(f"ingest answered {status}")
+        finally:
+            conn[1].close()
 
     async def run_all():
-        limits = httpx.Limits(max_connections=runs, max_keepalive_connections=runs)
-        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as h:
-            t0 = time.perf_counter() + 0.5
-            await asyncio.gather(*(client(h, k, t0) for k in range(runs)))
+        t0 = time.perf_counter() + 0.5
+        await asyncio.gather(*(client(k, t0) for k in range(runs)))
 
     asyncio.run(run_all())
     return out
@@ -245,6 +285,7 @@ def main() -> None:
     args = ap.parse_args()
     secs = 4.0 if args.quick else 10.0
     series, steps = 50, 1000  # 50k points per batch: a few seconds of a model with per-layer stats
+    print("sustained ingest: 2 clients each, 3 interleaved rounds per path, median round")
     print(f"machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} (other work shares them; figures are noisy)")
     tmp = Path(tempfile.mkdtemp(prefix="txwatch-bench-"))
     targets = [("sqlite", f"sqlite:///{tmp / 'bench.db'}", None)]
@@ -254,17 +295,8 @@ def main() -> None:
     try:
         for kind, db_url, _ in targets:
             print(f"\n== {kind}: sustained ingest, batches of {series * steps:,} points ==")
-            d = Daemon(db_url)
-            try:
-                http = http_ingest(d.url, secs, clients=2, series=series, steps=steps)
-            finally:
-                d.stop()
-            d = Daemon(db_url, {"TXWATCH_BUILTIN_RULES": "false"})
-            try:
-                http_store = http_ingest(d.url, secs, clients=2, series=series, steps=steps)
-            finally:
-                d.stop()
-            inproc = inprocess_ingest(db_url, secs, series, steps, with_rules=False)
+            rates = sustained(db_url, secs / 2, series, steps)
+            http, http_store, inproc = rates["http_rules"], rates["http_store"], rates["inproc"]
             print(f"HTTP, daemon with built-in rules : {http:12,.0f} points/s")
             print(f"HTTP, daemon storing only        : {http_store:12,.0f} points/s")
             print(f"in-process (Collector.ingest)    : {inproc:12,.0f} points/s   "

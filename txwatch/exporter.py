@@ -37,7 +37,7 @@ BATCHES_REJECTED = Counter(
 )
 INGEST_LATENCY = Histogram(
     "txwatch_ingest_latency_seconds",
-    "Time to store one batch (validation excluded).",
+    "Time from a batch reaching the collector to it being stored and its rules evaluated (validation excluded).",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     registry=REGISTRY,
 )
