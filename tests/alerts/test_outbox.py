@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from tests.alerts.conftest import DEFAULT_DIAG, T0, change, fire, make_run, rows, slack_settings
 from txwatch.alerts import build_alerting
-from txwatch.alerts.payload import json_safe
+from txwatch.store.codec import json_safe
 from txwatch.settings import Settings
 from txwatch.store.models import Diagnosis
 
@@ -80,7 +80,7 @@ def test_a_misused_kind_raises(sessions, slack, clock):
 
 def test_payload_survives_non_finite_numbers():
     assert json_safe({"loss": float("nan"), "x": [float("inf"), -float("inf"), 1.5], "n": None}) == {
-        "loss": "nan", "x": ["inf", "-inf", 1.5], "n": None}
+        "loss": "NaN", "x": ["Infinity", "-Infinity", 1.5], "n": None}
 
 
 def test_the_payload_is_a_snapshot_of_the_decision(sessions, slack, clock):

@@ -6,13 +6,13 @@ what was decided before it. The generic webhook posts it as it is (documented in
 
 from __future__ import annotations
 
-import math
 from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy.orm import Session
 
 from txwatch.alerts.clock import iso
+from txwatch.store.codec import json_safe
 from txwatch.store.models import Diagnosis, Project, Run
 
 PAYLOAD_VERSION = 1
@@ -23,23 +23,6 @@ def run_url(public_url: str | None, project: str, run: str) -> str | None:
     if not public_url:
         return None
     return f"{public_url.rstrip('/')}/runs/{quote(project, safe='')}/{quote(run, safe='')}"
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with NaN/Inf turned into the strings "nan", "inf", "-inf" (JSON, PostgreSQL and Slack reject them)."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return value
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if value is None or isinstance(value, (str, int, bool)):
-        return value
-    return str(value)
 
 
 def diagnosis_payload(session: Session, diagnosis: Diagnosis, kind: str, public_url: str | None) -> dict[str, Any]:

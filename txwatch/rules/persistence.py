@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from txwatch.rules.core import Transition
 from txwatch.rules.state import RunState
+from txwatch.store.codec import json_safe
 from txwatch.store.models import RUN_LAYER_NONE, Diagnosis, EngineState
 
 log = logging.getLogger(__name__)
@@ -46,21 +47,6 @@ def utc(ts: float | None) -> datetime:
     if ts is None or not math.isfinite(ts):
         return datetime.now(timezone.utc)
     return datetime.fromtimestamp(ts, timezone.utc)
-
-
-def json_safe(value: Any) -> Any:
-    """Evidence for a JSON column: NaN and infinities become the strings "NaN", "Infinity", "-Infinity"."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "Infinity" if value > 0 else "-Infinity"
-        return value
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def _insert(session: Session):

@@ -6,6 +6,9 @@ read NULL back as NaN (only where a value is known to exist, e.g. a point row). 
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 NAN = float("nan")
 
 
@@ -17,3 +20,22 @@ def encode(value: float) -> float | None:
 def decode(stored: float | None) -> float:
     """The value of a stored (non-missing) cell: NULL means NaN."""
     return NAN if stored is None else stored
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` for a JSON column or message: NaN and infinities as the strings "NaN", "Infinity" and
+    "-Infinity" (PostgreSQL's JSON types, strict JSON parsers and Slack refuse the bare literals), keys as
+    strings, tuples as lists, anything else that JSON has no type for as its ``str``."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)

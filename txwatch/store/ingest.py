@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from txwatch.collector.schema import Batch
 from txwatch.store import rollup
+from txwatch.store.codec import json_safe
 from txwatch.store.models import Batch as BatchRow
 from txwatch.store.models import Project, Run, Series
 
@@ -442,22 +443,6 @@ class BatchWriter:
             stats[str(batch.rank)] = json_safe(batch.client.model_dump())
             values["client_stats"] = stats
         return values
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with non-finite floats as the strings "NaN", "Infinity", "-Infinity": PostgreSQL's JSON
-    types refuse those literals, and config, memory and client figures go into JSON columns."""
-    if isinstance(value, float):
-        if value != value:
-            return "NaN"
-        if value in (float("inf"), float("-inf")):
-            return "Infinity" if value > 0 else "-Infinity"
-        return value
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def _rows(points: list, sid: int) -> list[tuple]:
