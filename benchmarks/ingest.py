@@ -95,23 +95,25 @@ def pg_database() -> tuple[str, callable]:
 
 # -- 1. sustained ingest --------------------------------------------------------------------------------------
 
-def http_ingest(url: str, seconds: float, clients: int, series: int, steps: int) -> float:
-    """Points per second stored through HTTP by ``clients`` threads, each its own run, for ``seconds``."""
-    # bodies built before the clock starts: enough for 400k points/s per client over ``seconds``
-    per_client = max(4, int(400_000 * seconds / (series * steps)))
-    bodies = {c: [body(f"http-{c}-{uuid.uuid4().hex[:6]}", seq, series, steps) for seq in range(per_client)]
+def drive(prefix: str, seconds: float, clients: int, series: int, steps: int, connect) -> float:
+    """Points per second stored by ``clients`` threads, each its own run, for ``seconds``. ``connect()`` gives
+    a thread its ``(send(body) -> points stored, close())``."""
+    # bodies built before the clock starts: enough for 800k points/s per client over ``seconds``
+    per_client = max(4, int(800_000 * seconds / (series * steps)))
+    bodies = {c: [body(f"{prefix}-{c}-{uuid.uuid4().hex[:6]}", seq, series, steps) for seq in range(per_client)]
               for c in range(clients)}
     done = [0] * clients
     stop = time.monotonic() + seconds
 
     def client(c: int):
-        with httpx.Client(base_url=url, timeout=120) as h:
+        send, close = connect()
+        try:
             for b in bodies[c]:
                 if time.monotonic() >= stop:
                     return
-                r = h.post("/api/v1/ingest", content=b, headers={"content-type": "application/json"})
-                r.raise_for_status()
-                done[c] += r.json()["points"]
+                done[c] += send(b)
+        finally:
+            close()
 
     start = time.monotonic()
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
@@ -120,30 +122,29 @@ def http_ingest(url: str, seconds: float, clients: int, series: int, steps: int)
     for t in threads:
         t.join()
     return sum(done) / (time.monotonic() - start)
+
+
+def http_ingest(url: str, seconds: float, clients: int, series: int, steps: int) -> float:
+    """Points per second stored through HTTP (``txwatch serve``)."""
+
+    def connect():
+        h = httpx.Client(base_url=url, timeout=120)
+
+        def send(b: bytes) -> int:
+            r = h.post("/api/v1/ingest", content=b, headers={"content-type": "application/json"})
+            r.raise_for_status()
+            return r.json()["points"]
+
+        return send, h.close
+
+    return drive("http", seconds, clients, series, steps, connect)
 
 
 def inprocess_ingest(collector, seconds: float, clients: int, series: int, steps: int) -> float:
-    """Points per second through Collector.ingest from ``clients`` threads, each its own run (JSON validation
-    included, as embedded mode does): the HTTP path minus HTTP."""
-    per_client = max(4, int(800_000 * seconds / (series * steps)))
-    bodies = {c: [body(f"inproc-{c}-{uuid.uuid4().hex[:6]}", seq, series, steps) for seq in range(per_client)]
-              for c in range(clients)}
-    done = [0] * clients
-    stop = time.monotonic() + seconds
-
-    def client(c: int):
-        for b in bodies[c]:
-            if time.monotonic() >= stop:
-                return
-            done[c] += collector.ingest(Batch.model_validate_json(b)).points
-
-    start = time.monotonic()
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(done) / (time.monotonic() - start)
+    """Points per second through Collector.ingest (JSON validation included, as embedded mode does): the HTTP
+    path minus HTTP."""
+    return drive("inproc", seconds, clients, series, steps,
+                 lambda: (lambda b: collector.ingest(Batch.model_validate_json(b)).points, lambda: None))
 
 
 def sustained(db_url: str, seconds: float, series: int, steps: int, rounds: int = 3) -> dict[str, float]:
