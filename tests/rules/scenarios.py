@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from txwatch_hooks.crash import is_oom
 
 from tests.rules.training import (
     Recorded,
@@ -206,16 +207,8 @@ def crashing(steps: int = 200, crash_at: int = 40, watch: dict | None = None) ->
     data = classification()
     model = mlp([20, 64, 64, 4])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    inner = data.batches(64)
-
-    def batches() -> Iterator:
-        i = 0
-        while True:
-            i += 1
-            xb, yb = next(inner)
-            yield (xb[:, :19] if i == crash_at else xb), yb  # a feature went missing upstream
-
-    return _until_exception(model, opt, batches(), steps, crash_at, watch)
+    batches = _fault_at(data.batches(64), crash_at, lambda xb: xb[:, :19])  # a feature went missing upstream
+    return _until_exception(model, opt, batches, steps, crash_at, watch)
 
 
 def out_of_memory(steps: int = 100, oom_at: int = 30, watch: dict | None = None) -> Scenario:
@@ -225,20 +218,19 @@ def out_of_memory(steps: int = 100, oom_at: int = 30, watch: dict | None = None)
     data = classification()
     model = mlp([20, 64, 64, 4])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    inner = data.batches(64)
 
-    def batches() -> Iterator:
-        i = 0
-        while True:
-            i += 1
-            xb, yb = next(inner)
-            if i == oom_at:  # 2^36 padded rows: ~5 TB, no machine has it
-                import numpy as np
+    def pad(xb):  # 2^36 padded rows: ~5 TB, no machine has it
+        import numpy as np
 
-                xb = torch.from_numpy(np.zeros((1 << 36, xb.shape[1]), dtype=np.float32))
-            yield xb, yb
+        return torch.from_numpy(np.zeros((1 << 36, xb.shape[1]), dtype=np.float32))
 
-    return _until_exception(model, opt, batches(), steps, oom_at, watch)
+    return _until_exception(model, opt, _fault_at(data.batches(64), oom_at, pad), steps, oom_at, watch)
+
+
+def _fault_at(batches: Iterator, at: int, fault) -> Iterator:
+    """``batches`` with the inputs of the ``at``-th (counting from 1) passed through ``fault``."""
+    for i, (xb, yb) in enumerate(batches, start=1):
+        yield (fault(xb) if i == at else xb), yb
 
 
 def _until_exception(model, opt, batches, steps, at, watch: dict | None = None) -> Scenario:
@@ -250,7 +242,7 @@ def _until_exception(model, opt, batches, steps, at, watch: dict | None = None) 
     except Exception as exc:  # what the hooks do: report how the run ended, with the memory figures
         if watch is not None:
             return Scenario(rec, onset=at)  # the hooks reported it themselves
-        status = "oom" if _is_oom(exc) else "crashed"
+        status = "oom" if is_oom(exc) else "crashed"
         name = f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins.")
         rec.end = {
             "kind": "end",
@@ -261,10 +253,6 @@ def _until_exception(model, opt, batches, steps, at, watch: dict | None = None) 
             "memory": {"cpu": {"rss": float(psutil.Process().memory_info().rss)}},
         }
     return Scenario(rec, onset=at)
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, (MemoryError, torch.OutOfMemoryError))
 
 
 def loss_series_end(rec: Recorded) -> int:
