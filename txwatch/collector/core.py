@@ -47,14 +47,15 @@ class IngestResult:
 class _Pending:
     """One caller's batch waiting for its turn in ``Collector.ingest``."""
 
-    __slots__ = ("batch", "run_id", "result", "error", "done")
+    __slots__ = ("batch", "run_id", "result", "error", "taken", "done")
 
     def __init__(self, batch: Batch):
         self.batch = batch
         self.run_id: int = 0
         self.result: IngestResult | None = None
         self.error: BaseException | None = None
-        self.done = False
+        self.taken = False  # in a group (set under the queue lock)
+        self.done = threading.Event()  # stored and evaluated (or failed)
 
 
 class Collector:
@@ -83,13 +84,14 @@ class Collector:
         self._queue: list[_Pending] = []
         self._queue_lock = threading.Lock()
         self._turn = threading.Lock()  # held by the thread writing a group
+        self._evaluating = threading.Lock()  # held by the thread running a group's rules
 
     def ingest(self, batch: Batch) -> IngestResult:
         """Store one batch and run the rules on it; a batch already stored is acknowledged as a duplicate.
 
         Concurrent callers are combined: while one thread writes, the batches that arrive queue up, and the
         next thread to take the turn writes up to ``GROUP_MAX_BATCHES`` of them (one per run) in a single
-        transaction, then runs their rules together. Under load this keeps the cost per batch falling
+        transaction, then runs their rules together (while the next group is being written). Under load this keeps the cost per batch falling
         instead of the queue growing. Each caller returns when its own batch is stored and evaluated.
 
         Raises the database's error when the database is unreachable or keeps failing (after retries).
@@ -100,10 +102,13 @@ class Collector:
         item = _Pending(batch)
         with self._queue_lock:
             self._queue.append(item)
-        while not item.done:
-            with self._turn:
-                if not item.done:
-                    self._process(self._take_group())
+        while not item.taken:
+            self._turn.acquire()
+            if item.taken:
+                self._turn.release()
+                break
+            self._process(self._take_group())
+        item.done.wait()
         if item.error is not None:
             raise item.error
         exporter.observe_ingest(item.result, time.perf_counter() - started)
@@ -124,32 +129,48 @@ class Collector:
                     continue
                 seen.add(key)
                 points += n
+                item.taken = True
                 group.append(item)
             self._queue = rest
         return group
 
     def _process(self, group: list[_Pending]) -> None:
-        """Store ``group`` (one transaction; batch by batch if that fails), then evaluate the stored ones."""
+        """Store ``group`` (one transaction; batch by batch if that fails), then evaluate the stored ones.
+
+        Called holding ``_turn``, which it hands on as soon as the group is stored: the next group is written
+        while this one's rules run. Groups are evaluated in the order they were stored (``_evaluating`` is
+        taken before ``_turn`` is released), so a run's batches reach the rule engine in order.
+        """
+        try:
+            self._store_or_split(group)
+        finally:
+            self._evaluating.acquire()
+            self._turn.release()
+        try:
+            stored = [item for item in group if item.error is None and not item.result.duplicate]
+            if stored and self.rules is not None:
+                self._observe(stored)
+        finally:
+            self._evaluating.release()
+            for item in group:
+                if item.result is None and item.error is None:  # the writing thread was interrupted
+                    item.error = RuntimeError("the batch was not stored: the collector was interrupted")
+                item.done.set()
+
+    def _store_or_split(self, group: list[_Pending]) -> None:
         try:
             self._store_group(group)
         except Exception as exc:
             if len(group) == 1:
                 group[0].error = exc
-            else:
-                log.info("storing %d batches together failed (%s); storing them one by one",
-                         len(group), exc.__class__.__name__)
-                for item in group:
-                    try:
-                        self._store_group([item])
-                    except Exception as one_exc:
-                        item.error = one_exc
-        stored = [item for item in group if item.error is None and not item.result.duplicate]
-        try:
-            if stored and self.rules is not None:
-                self._observe(stored)
-        finally:
+                return
+            log.info("storing %d batches together failed (%s); storing them one by one",
+                     len(group), exc.__class__.__name__)
             for item in group:
-                item.done = True
+                try:
+                    self._store_group([item])
+                except Exception as one_exc:
+                    item.error = one_exc
 
     def _store_group(self, group: list[_Pending]) -> None:
         for attempt in range(RETRIES + 1):

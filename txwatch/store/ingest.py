@@ -70,6 +70,9 @@ _PG_STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS series_in (id int4, n int8, last_step int8, last_value float8, "
     "last_time float8) ON COMMIT DELETE ROWS",
 )
+# ... but COPY then merge is two round trips where binding arrays is one: small writes (a few runs' batches
+# of a few steps) are faster bound, as round trips dominate them under load.
+STAGE_MIN_ROWS = 256
 _PG_STAGED = "txwatch_staging_tables"  # connection-record flag: the staging tables exist on this connection
 _ROLLUP_COPY_PG = f"COPY rollups_in ({', '.join(_ROLLUP_COLS)}) FROM STDIN (FORMAT BINARY)"
 _ROLLUP_MERGE_STAGED_PG = (
@@ -337,7 +340,7 @@ class BatchWriter:
     def _merge_rollups(self, conn: Connection, rows: list[tuple]) -> None:
         if self.dialect == "sqlite":
             conn.exec_driver_sql(_ROLLUP_MERGE_SQLITE, rows)
-        elif conn.connection.info.get(_PG_STAGED):
+        elif len(rows) >= STAGE_MIN_ROWS and conn.connection.info.get(_PG_STAGED):
             self._copy(conn, _ROLLUP_COPY_PG, _ROLLUP_TYPES, rows)
             conn.exec_driver_sql(_ROLLUP_MERGE_STAGED_PG)
         else:
@@ -345,7 +348,7 @@ class BatchWriter:
 
     def _update_series(self, conn: Connection, updates: list[dict[str, Any]]) -> None:
         updates.sort(key=lambda u: u["id"])
-        if self.dialect == "postgresql" and conn.connection.info.get(_PG_STAGED):
+        if self.dialect == "postgresql" and len(updates) >= STAGE_MIN_ROWS and conn.connection.info.get(_PG_STAGED):
             rows = [(u["id"], u["n"], u["last_step"], u["last_value"], u["last_time"]) for u in updates]
             self._copy(conn, _SERIES_COPY_PG, ("int4", "int8", "int8", "float8", "float8"), rows)
             conn.exec_driver_sql(_SERIES_UPDATE_STAGED_PG)
@@ -392,8 +395,14 @@ class BatchWriter:
         rows = {}
         for chunk in _chunks(sorted(run_id for run_id, _, _ in items)):
             rows.update((r.id, r) for r in conn.execute(self._run_stmt, {"rids": chunk}))
-        for run_id, batch, max_step in items:
-            conn.execute(self._run_update, {"rid": run_id, **self._run_changes(rows[run_id], batch, now, max_step)})
+        # runs whose changes touch the same columns are updated by one executemany (one round trip on
+        # PostgreSQL, whose driver pipelines it)
+        by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for run_id, batch, max_step in sorted(items, key=lambda i: i[0]):
+            changes = self._run_changes(rows[run_id], batch, now, max_step)
+            by_columns.setdefault(tuple(sorted(changes)), []).append({"rid": run_id, **changes})
+        for params in by_columns.values():
+            conn.execute(self._run_update, params)
 
     @staticmethod
     def _run_changes(run: Any, batch: Batch, now: datetime, max_step: int | None) -> dict[str, Any]:
