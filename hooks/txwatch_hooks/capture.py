@@ -9,8 +9,10 @@ Timeline of one optimizer step k and what is captured where:
 
 Gradient norms are taken when backward finishes (an autograd engine callback, queued from a
 post-accumulate-grad hook), which is before any clipping: ``clip_grad_norm_`` cannot hide a spike. With
-gradient accumulation the last backward before the step wins, i.e. the accumulated gradient. Off-cadence
-steps cost O(1): one post-accumulate-grad hook on one parameter, a forward pre-hook and the two step hooks.
+gradient accumulation the last backward before the step wins, i.e. the accumulated gradient. With a
+GradScaler attached (``txwatch_hooks.scaler``) the scale is taken along with them, and the scaler's skipped
+steps are counted in the post-hook. Off-cadence steps cost O(1): one post-accumulate-grad hook on one
+parameter, a forward pre-hook and the two step hooks.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from txwatch_hooks.grads import Snapshot, grad_stats
 from txwatch_hooks.guard import Guard
 from txwatch_hooks.options import Options
 from txwatch_hooks.records import Points, SampledStep
+from txwatch_hooks.scaler import ScalerWatch
 
 _BAD_LAYER_CHARS = re.compile(r"[^A-Za-z0-9_.:\-/\[\]]")
 
@@ -82,6 +85,8 @@ class Capture:
         self._bw_queued = False
         self._grads_armed = False  # the coming step is a gradient-sampling step
         self._pending: tuple[list, list] | None = None  # grad norms of the latest backward
+        self.scaler: ScalerWatch | None = None
+        self._pending_scale: tuple[Any, int | None] = (None, None)  # the scale those gradients carry
         self._snapshot: Snapshot | None = None
         self._closed = False
         if model is not None:
@@ -116,6 +121,11 @@ class Capture:
             self._handles.append(self._params[0].register_post_accumulate_grad_hook(self._on_grad))
         self._arm(self.step + 1)
 
+    def attach_scaler(self, scaler: Any) -> None:
+        """Follow an enabled GradScaler (``scaler.check_scaler``): unscaled norms, skipped steps counted."""
+        if scaler is not None and (self.scaler is None or self.scaler.scaler is not scaler):
+            self.scaler = ScalerWatch(scaler)
+
     def close(self) -> None:
         self._closed = True
         for handle in self._handles + self._grad_handles:
@@ -126,6 +136,7 @@ class Capture:
         self._handles, self._grad_handles = [], []
         self._snapshot = None
         self._pending = None
+        self._pending_scale = (None, None)
 
     def set_step(self, step: int) -> None:
         self.step = step
@@ -201,6 +212,8 @@ class Capture:
                         names.append(name)
                         grads.append(g.detach())
                 self._pending = grad_stats(names, grads) if grads else None
+                if self._pending is not None and self.scaler is not None:
+                    self._pending_scale = self.scaler.capture()
         except Exception as exc:  # never let it surface from loss.backward()
             self.guard.fail("gradient capture", exc)
 
@@ -225,6 +238,12 @@ class Capture:
         step = self.step
         now = time.perf_counter()
         wall = time.time()
+        found = None
+        if self.scaler is not None and self.model_metrics and not self.guard.is_off("loss scaling"):
+            try:
+                found = self.scaler.on_step(optimizer)
+            except Exception as exc:
+                self.guard.fail("loss scaling", exc)
         if self.model_metrics and not self.guard.is_off("step metrics"):
             try:
                 self._step_points(step, now, wall)
@@ -235,11 +254,12 @@ class Capture:
         self._wait = 0.0
         self._bw_queued = False
         try:
-            self._sampled_points(step, wall)
+            self._sampled_points(step, wall, found)
         except Exception as exc:
             self.guard.fail("gradient capture", exc)
         finally:
             self._pending = None
+            self._pending_scale = (None, None)
             if self._snapshot is not None and not self._due(step + 1, self.options.update_every):
                 self._snapshot = None  # free the copy: the next step does not sample updates
         if not self.guard.is_off("gradient capture"):
@@ -265,10 +285,13 @@ class Capture:
         if values:
             self._submit(Points(step, wall, values))
 
-    def _sampled_points(self, step: int, wall: float) -> None:
+    def _sampled_points(self, step: int, wall: float, found: Any = None) -> None:
         pending, snapshot = self._pending, self._snapshot
         if snapshot is not None and not snapshot.taken:
             snapshot = None
+        scale, iteration = self._pending_scale
+        if pending is not None and self.scaler is not None and self.scaler.stale(iteration):
+            pending, scale = None, None  # from an iteration the scaler skipped: not this step's gradients
         if pending is None and snapshot is None:
             return
         updates = None
@@ -279,4 +302,7 @@ class Capture:
                 self.guard.fail("update ratio", exc)
         grads, nonfinite = pending if pending is not None else (None, None)
         if grads or updates:
-            self._submit(SampledStep(step, wall, grads, nonfinite, updates, self.options.layers))
+            scaled = None
+            if self.scaler is not None and not self.guard.is_off("loss scaling"):
+                scaled = self.scaler.sample(scale, found)
+            self._submit(SampledStep(step, wall, grads, nonfinite, updates, self.options.layers, scaled))

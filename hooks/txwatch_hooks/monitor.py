@@ -20,6 +20,7 @@ from txwatch_hooks.distributed import rank_info, shared_run_name
 from txwatch_hooks.guard import Guard
 from txwatch_hooks.options import Options, resolve_endpoint, resolve_token
 from txwatch_hooks.records import Event, Points
+from txwatch_hooks.scaler import check_scaler, find_scaler
 from txwatch_hooks.senders import EmbeddedSender, HttpSender, NullSender, ObjectSender
 from txwatch_hooks.spool import Spool
 from txwatch_hooks.system import SystemSampler, memory_figures
@@ -32,7 +33,7 @@ DEFAULT_PROJECT = "default"
 
 def watch(model: torch.nn.Module, optimizer: Any = None, *, run: str | None = None, project: str | None = None,
           config: Mapping[str, Any] | None = None, endpoint: str | None = None, token: str | None = None,
-          **sampling: Any) -> Monitor:
+          scaler: Any = None, **sampling: Any) -> Monitor:
     """Start watching a training job; returns a ``Monitor`` (also a context manager).
 
     Args:
@@ -45,14 +46,19 @@ def watch(model: torch.nn.Module, optimizer: Any = None, *, run: str | None = No
         endpoint: collector URL (default: TXWATCH_ENDPOINT). Without one, the collector runs in this process
             when the full ``txwatch`` package is installed; otherwise batches wait in the local spool.
         token: the collector's bearer token (default: TXWATCH_TOKEN).
+        scaler: the ``torch.amp.GradScaler`` of an fp16 run (default: the one an accelerate-wrapped optimizer
+            carries, else none). Gradient norms are then those of the unscaled gradients, a step the scaler
+            skips is counted in ``scaler_skipped`` instead of being reported as non-finite gradients, and
+            ``loss_scale`` is sent. A disabled scaler is the same as none.
         **sampling: sampling and transport options, see ``txwatch_hooks.options.Options``.
 
-    Raises TypeError/ValueError at once for bad arguments (unknown option, bad name, bad endpoint). Nothing
-    that happens later, while training, raises: failures are logged once and monitoring degrades.
+    Raises TypeError/ValueError at once for bad arguments (unknown option, bad name, bad endpoint, a scaler
+    that is not a GradScaler). Nothing that happens later, while training, raises: failures are logged once
+    and monitoring degrades.
     """
     options = Options.from_kwargs(sampling)
     return Monitor(model, optimizer, run=run, project=project, config=config, endpoint=endpoint, token=token,
-                   options=options)
+                   scaler=scaler, options=options)
 
 
 class Monitor:
@@ -65,12 +71,13 @@ class Monitor:
 
     def __init__(self, model: torch.nn.Module, optimizer: Any = None, *, run: str | None = None,
                  project: str | None = None, config: Mapping[str, Any] | None = None, endpoint: str | None = None,
-                 token: str | None = None, options: Options | None = None):
+                 token: str | None = None, scaler: Any = None, options: Options | None = None):
         options = options or Options()
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         if optimizer is not None:
             unwrap_optimizer(optimizer)  # raises TypeError now, before any hook is registered
+        scaler = check_scaler(scaler) if scaler is not None else find_scaler(optimizer)
         config = _config_dict(config)
         ranks = rank_info()
         self.rank, self.world_size = ranks.rank, ranks.world_size
@@ -109,6 +116,7 @@ class Monitor:
         self._capture = Capture(model, options, self._guard, self._transport.submit, model_metrics=self.rank == 0)
         if optimizer is not None:
             self._capture.attach_optimizer(optimizer)
+        self._capture.attach_scaler(scaler)
         self._transport.submit(Event({"kind": "start", "time": self.started}))
         self._sampler = SystemSampler(
             self._transport.submit, lambda: self._capture.step, self._guard,
@@ -248,6 +256,8 @@ class Monitor:
     def _attach_optimizer(self, optimizer: Any) -> None:
         try:
             self._capture.attach_optimizer(optimizer)
+            if self._capture.scaler is None:
+                self._capture.attach_scaler(find_scaler(optimizer))
         except Exception as exc:
             self._guard.fail("attaching the optimizer", exc)
 

@@ -51,25 +51,34 @@ class SampledStep:
     """One sampled step's gradient and update figures, as device tensors grouped by (device, dtype).
 
     grads: [(param names, stacked per-parameter grad norms)]; nonfinite: [count tensors];
-    updates: [(param names, stacked norms before the step, stacked norms of the change)].
+    updates: [(param names, stacked norms before the step, stacked norms of the change)];
+    scaler: a ``txwatch_hooks.scaler.ScalerSample`` when a GradScaler is known (the norms are then divided
+    by its scale, and a step it skipped sends only the scaler's figures).
     """
 
-    __slots__ = ("step", "time", "grads", "nonfinite", "updates", "layers", "count")
+    __slots__ = ("step", "time", "grads", "nonfinite", "updates", "layers", "scaler", "count")
 
     def __init__(self, step: int, time: float, grads: list | None, nonfinite: list | None,
-                 updates: list | None, layers: bool):
+                 updates: list | None, layers: bool, scaler: Any = None):
         self.step, self.time, self.layers = step, time, layers
-        self.grads, self.nonfinite, self.updates = grads, nonfinite, updates
+        self.grads, self.nonfinite, self.updates, self.scaler = grads, nonfinite, updates, scaler
         n = sum(len(names) for names, _ in grads or [])
         u = sum(len(names) for names, _, _ in updates or [])  # upper bound
-        self.count = (n + 2 if grads else 0) + (2 * u + 1 if updates else 0)
+        self.count = (n + 2 if grads else 0) + (2 * u + 1 if updates else 0) + (2 if scaler is not None else 0)
 
     def emit(self, builder: BatchBuilder) -> None:
         step, t = self.step, self.time
+        scale = 1.0
+        if self.scaler is not None:
+            skipped, scale = self.scaler.emit(builder, step, t)
+            if skipped:  # overflowed scaled gradients and an untouched model: the scaler's business, not a blow-up
+                return
         if self.grads:
             squares = 0.0
             for names, norms in self.grads:
                 values = norms.tolist()  # the worker's read of this step's norms (one copy per device group)
+                if scale != 1.0:
+                    values = [v / scale for v in values]  # the unscaled gradients' norms
                 for name, v in zip(names, values):
                     squares += v * v
                     if self.layers:

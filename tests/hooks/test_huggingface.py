@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -76,3 +78,46 @@ def test_trainer_is_watched_end_to_end(tmp_path):
     assert first["run"] == "hf-e2e" and first["run_info"]["config"]["learning_rate"] == 1e-3
     (end,) = sink.events("end")
     assert end["status"] == "finished" and end["step"] == 6
+
+
+class Scales(TrainerCallback):
+    """Before each optimizer step: the scale, and the unscaled gradient norm computed here."""
+
+    def __init__(self):
+        self.scales, self.norms = {}, {}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        scale = optimizer.scaler.get_scale()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        self.scales[state.global_step + 1] = scale
+        self.norms[state.global_step + 1] = torch.nn.utils.get_total_norm(grads).item() / scale
+
+
+def test_an_fp16_scaler_is_found_and_its_skipped_step_counted(tmp_path):
+    """transformers runs fp16 only on an accelerator (accelerate refuses it on the CPU), so here the Trainer's
+    accelerator gets a CPU GradScaler: the same path as fp16 for the scaling (``accelerator.backward``), the
+    step (``AcceleratedOptimizer.step`` through ``scaler.step`` and ``update``) and the default fused AdamW,
+    which skips inside its step. Step 2's loss is made to overflow once scaled. The scaler is found on the
+    optimizer the Trainer hands its callbacks, without being passed."""
+    sink = MemorySender()
+    scales = Scales()
+    callback = TxwatchCallback(run="hf-fp16", sender=sink, grad_every=2, update_every=2, schedule_delay_s=0.02,
+                               system_interval_s=0, crash_hooks=False)
+    trainer = _trainer(tmp_path, [callback, scales], max_grad_norm=0.0)
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu")
+
+    def overflow_at_step_2(module, args, output):
+        if module.training and trainer.state.global_step == 1:
+            output["loss"] = output["loss"] * 1e34  # finite, but not once multiplied by the scale
+
+    trainer.model.register_forward_hook(overflow_at_step_2)
+    trainer.train()
+    skipped = {s for s, norm in scales.norms.items() if not math.isfinite(norm)}
+    assert skipped == {2}
+    total = dict(sink.series("grad_norm_total"))
+    assert sorted(total) == [1, 4, 6]
+    assert total == pytest.approx({s: scales.norms[s] for s in total}, rel=1e-4)
+    assert set(dict(sink.series("grad_nonfinite")).values()) == {0.0}
+    assert sorted(dict(sink.series("update_ratio_max"))) == [1, 4, 6]  # step 2 changed no parameter
+    assert dict(sink.series("loss_scale")) == {s: scales.scales[s] for s in (1, 2, 4, 6)}
+    assert dict(sink.series("scaler_skipped")) == {1: 0.0, 2: 1.0, 4: 1.0, 6: 1.0}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 lightning = pytest.importorskip("lightning")
 import lightning.pytorch as pl  # noqa: E402
+from lightning.pytorch.plugins import MixedPrecision  # noqa: E402
 
 from txwatch_hooks.integrations.lightning import TxwatchCallback  # noqa: E402
 from txwatch_hooks.testing import MemorySender  # noqa: E402
@@ -80,6 +83,44 @@ def test_lightning_fit_is_watched_end_to_end():
     assert first["run"] == "lightning-e2e" and first["run_info"]["config"]["lr"] == 0.05
     (end,) = sink.events("end")
     assert end["status"] == "finished" and end["step"] == steps
+
+
+class Overflowing(Regressor):
+    """Returns, at one step, a loss that is finite but whose scaled gradients overflow in fp16."""
+
+    overflow_step = 4
+
+    def __init__(self):
+        super().__init__()
+        self.scales: dict[int, float] = {}
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * 1e34 if self.global_step + 1 == self.overflow_step else loss
+
+    def on_before_optimizer_step(self, optimizer):
+        super().on_before_optimizer_step(optimizer)  # after Lightning's unscale_: the unscaled norm, or inf/NaN
+        self.scales[self.global_step + 1] = self.trainer.precision_plugin.scaler.get_scale()
+
+
+def test_fp16_mixed_precision_reports_unscaled_norms_and_counts_skipped_steps():
+    """'16-mixed' with real fp16 autocast on the CPU: the precision plugin's GradScaler is found without being
+    passed. Its skipped steps (fp16's own first ones, and the forced one at a sampled step whose gradients are
+    still pending when Lightning moves the step on) are counted, and none of their gradients is reported."""
+    sink = MemorySender()
+    callback = TxwatchCallback(run="lightning-fp16", sender=sink, grad_every=2, update_every=0,
+                               schedule_delay_s=0.02, system_interval_s=0, crash_hooks=False)
+    model = Overflowing()
+    _trainer(callback, plugins=[MixedPrecision("16-mixed", "cpu")]).fit(model, _loader(), _loader(16, seed=1))
+    skipped = {s for s, norm in model.grad_norms.items() if not math.isfinite(norm)}
+    assert Overflowing.overflow_step in skipped and Overflowing.overflow_step + 1 not in skipped
+    sampled = {s for s in model.grad_norms if s == 1 or s % 2 == 0}
+    total = dict(sink.series("grad_norm_total"))
+    assert sorted(total) == sorted(sampled - skipped)
+    assert total == pytest.approx({s: model.grad_norms[s] for s in total}, rel=1e-5)
+    assert set(dict(sink.series("grad_nonfinite")).values()) == {0.0}
+    assert dict(sink.series("loss_scale")) == {s: model.scales[s] for s in total}
+    assert dict(sink.series("scaler_skipped")) == {s: len([k for k in skipped if k < s]) for s in total}
 
 
 def test_lightning_crash_is_reported_as_oom():

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from txwatch_hooks.options import Options
+from txwatch_hooks.scaler import check_scaler
 
 _BAD = re.compile(r"[^A-Za-z0-9_.:\-]+")
 # what frameworks and users call the validation loss, mapped to the name the built-in rules read
@@ -25,6 +26,7 @@ def metric_name(name: str) -> str | None:
 
 def check_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Validate ``watch()`` keywords now (a typo fails when the callback is made, not mid-fit)."""
-    own = {"run", "project", "config", "endpoint", "token"}
+    own = {"run", "project", "config", "endpoint", "token", "scaler"}
     Options.from_kwargs({k: v for k, v in kwargs.items() if k not in own})
+    check_scaler(kwargs.get("scaler"))
     return dict(kwargs)

@@ -2,6 +2,7 @@
 
 Watches the LightningModule and its (first) optimizer like ``watch()`` does, and adds what Lightning knows:
 the training loss returned by ``training_step`` (averaged over gradient-accumulation micro-batches), the
+GradScaler of ``precision="16-mixed"`` (so gradient norms are unscaled and skipped steps counted), the
 metrics logged during validation (``self.log("val_loss", ...)`` -> ``val_loss``), the trainer's
 ``global_step`` as the step, and how ``fit`` ended (``on_exception`` reports crashes and OOMs).
 Works with ``lightning.pytorch`` and, when that is not installed, with ``pytorch_lightning``.
@@ -20,6 +21,7 @@ import torch
 
 from txwatch_hooks.integrations._common import check_kwargs, metric_name
 from txwatch_hooks.monitor import Monitor, watch
+from txwatch_hooks.scaler import scaler_in
 
 __all__ = ["TxwatchCallback"]
 
@@ -43,6 +45,8 @@ class TxwatchCallback(Callback):
         kwargs = dict(self.watch_kwargs)
         if kwargs.get("config") is None:
             kwargs["config"] = _hparams(pl_module)
+        if kwargs.get("scaler") is None:  # '16-mixed' keeps its GradScaler on the precision plugin
+            kwargs["scaler"] = scaler_in(getattr(trainer, "precision_plugin", None))
         optimizers = list(getattr(trainer, "optimizers", None) or [])
         self.monitor = watch(pl_module, optimizers[0] if optimizers else None, **kwargs)
         self.monitor._set_step(trainer.global_step)
