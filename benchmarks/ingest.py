@@ -6,8 +6,9 @@
 Measures, each against a baseline in the same run:
 1. sustained ingest through HTTP (`txwatch serve` on SQLite, then PostgreSQL) with batched clients,
    against the in-process path (Collector.ingest on the same database), in interleaved rounds;
-2. 100 concurrent runs each sending one batch per second: ingest latency p50/p99, on the database the first
-   part filled (millions of rows: on PostgreSQL, autovacuum and checkpoints of that ingest run meanwhile);
+2. 100 concurrent runs each sending one batch per second: ingest latency p50/p99, on an empty database and
+   on the one the first part filled (millions of rows: on PostgreSQL, autovacuum and checkpoints of that
+   ingest run meanwhile);
 3. reading a 1M-point series downsampled to 2,000 points, against a plain SQL GROUP BY over the raw points.
 """
 
@@ -235,6 +236,15 @@ def server_latency_p99(url: str) -> float | None:
     return next(le for le, count in buckets if count >= 0.99 * total)
 
 
+def report_latency(title: str, url: str, lat: list[float]) -> None:
+    print(f"\n== {title}: 100 runs x 1 batch/s (200 points each), {len(lat)} batches ==")
+    print(f"latency p50 {pct(lat, .5) * 1000:7.1f} ms   p99 {pct(lat, .99) * 1000:7.1f} ms   "
+          f"max {max(lat) * 1000:7.1f} ms   (target p99 < 50 ms: {'met' if pct(lat, .99) < 0.05 else 'NOT met'})")
+    p99 = server_latency_p99(url)
+    print(f"daemon's own latency p99 (histogram bucket): <= {p99 * 1000:.0f} ms"
+          if p99 is not None else "daemon's latency histogram empty")
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
@@ -306,16 +316,19 @@ def main() -> None:
                 print(f"target >= 200,000 points/s via HTTP: {'met' if http_store >= 200_000 else 'NOT met'} "
                       f"(storing only), {'met' if http >= 200_000 else 'NOT met'} (with rules)")
 
+            # the same load on an empty database of the same kind, then on the one the first part filled
+            fresh_url, fresh_drop = pg_database() if kind == "postgresql" else (f"sqlite:///{tmp / 'fresh.db'}", None)
+            fresh = Daemon(fresh_url)
+            try:
+                report_latency(f"{kind}, empty database", fresh.url, latency(fresh.url, runs=100, seconds=secs + 5))
+            finally:
+                fresh.stop()
+                if fresh_drop:
+                    fresh_drop()
             d = Daemon(db_url)
             try:
-                lat = latency(d.url, runs=100, seconds=secs + 5)
-                print(f"\n== {kind}: 100 runs x 1 batch/s (200 points each), {len(lat)} batches ==")
-                print(f"latency p50 {pct(lat, .5) * 1000:7.1f} ms   p99 {pct(lat, .99) * 1000:7.1f} ms   "
-                      f"max {max(lat) * 1000:7.1f} ms   (target p99 < 50 ms: "
-                      f"{'met' if pct(lat, .99) < 0.05 else 'NOT met'})")
-                p99 = server_latency_p99(d.url)
-                print(f"daemon's own storage latency p99 (histogram bucket): <= {p99 * 1000:.0f} ms"
-                      if p99 is not None else "daemon's latency histogram empty")
+                report_latency(f"{kind}, the database part 1 filled", d.url,
+                               latency(d.url, runs=100, seconds=secs + 5))
                 res = read_1m(db_url, d.url, reps=5)
             finally:
                 d.stop()
