@@ -88,6 +88,8 @@ def stack(request, tmp_path_factory) -> Iterator[Stack]:
         stack = Stack(collector, prometheus, trained)
         _wait_for(stack, f'txwatch_run_loss{{project="{PROJECT}", run="{RUN}"}}')
         _wait_for(stack, f'txwatch_run_gpu_utilization_percent{{project="{PROJECT}", run="{GPU_RUN}"}}')
+        # rate() panels need two scrapes in their window; the first scrape alone answers the waits above
+        _wait_for(stack, 'count_over_time(up{job="txwatch"}[1m]) >= 2')
         yield stack
     finally:
         for server in reversed(started):
