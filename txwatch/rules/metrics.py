@@ -13,7 +13,8 @@ POINTS = Counter(
 )
 BATCH_SECONDS = Histogram(
     "txwatch_rule_batch_seconds",
-    "Time to evaluate the rules on one batch, store its diagnoses and save the engine state.",
+    "Time to evaluate the rules on one group of batches written together (one batch when ingest is quiet), "
+    "store the diagnoses and save the engine state.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
     registry=REGISTRY,
 )
