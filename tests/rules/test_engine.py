@@ -281,3 +281,22 @@ def test_a_group_of_runs_is_evaluated_together_and_a_run_another_collector_moved
         state = RunState.from_state(ids[name], here.core.index, saved[ids[name]].state)
         assert state.buffers["loss"].n == n  # every point evaluated exactly once
     assert sorted((r.run_id, r.first_step) for r in _rows(sessions, "loss-nonfinite")) == [(ids["x"], 25), (ids["y"], 15)]
+
+
+def test_a_saved_state_row_that_went_missing_is_recreated_not_an_error(sessions):
+    """The engine skips re-inserting engine_state rows it has saved before (PostgreSQL); if one was deleted
+    behind its back (a restore, an administrator), the evaluation recreates it and starts the run over."""
+    from sqlalchemy import delete
+
+    store = Collector(sessions)
+    Feeder(store, run="x").steps(0, 1, loss=lambda s: 0.5)
+    with sessions() as s:
+        run_id = s.execute(select(Run.id)).scalar_one()
+    engine = _engine(sessions)
+    engine.observe(run_id, {"loss": [(s, T0 + s, 0.5) for s in range(10)]})
+    with sessions() as s, s.begin():
+        s.execute(delete(EngineState))
+    changes = engine.observe(run_id, {"loss": [(s, T0 + s, nan_after(15)(s)) for s in range(10, 20)]})
+    assert [(c.rule_id, c.step) for c in changes if c.rule_id == "loss-nonfinite"] == [("loss-nonfinite", 15)]
+    with sessions() as s:
+        assert s.execute(select(EngineState.version)).scalar_one() == 1  # saved again, from scratch

@@ -166,7 +166,8 @@ class RuleEngine:
         saved: list[RunState] = []
         try:
             with self.session_factory() as session, session.begin():
-                versions = lock_state_rows(session, [item[0] for item, _, _ in prepared])
+                versions = lock_state_rows(session, [item[0] for item, _, _ in prepared],
+                                           saved={item[0] for item, state, _ in prepared if state.version > 0})
                 for item, state, transitions in prepared:
                     if versions[item[0]] != state.version:
                         again.append(item)  # another collector evaluated this run meanwhile: its state is newer
@@ -196,7 +197,7 @@ class RuleEngine:
             state = self._current_state(run_id)
             transitions = self.core.process(state, series, events)
             with self.session_factory() as session, session.begin():
-                version = lock_state_row(session, run_id)
+                version = lock_state_row(session, run_id, saved=state.version > 0)
                 if version == state.version:
                     changes = apply_transitions(session, run_id, transitions, state, self.notifier)
                     state.version = save_state(session, state, version)

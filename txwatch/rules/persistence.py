@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -57,33 +58,45 @@ def _insert(session: Session):
     return insert
 
 
-def lock_state_row(session: Session, run_id: int) -> int:
-    """Create the run's engine_state row if missing, lock it for this transaction, and return its version."""
-    insert = _insert(session)
-    now = datetime.now(timezone.utc)
-    session.execute(
-        insert(EngineState)
-        .values(run_id=run_id, state={}, version=0, updated=now)
-        .on_conflict_do_nothing(index_elements=["run_id"])
-    )
-    version = session.execute(
-        select(EngineState.version).where(EngineState.run_id == run_id).with_for_update()
-    ).scalar_one()
-    return int(version)
+def lock_state_row(session: Session, run_id: int, saved: bool = False) -> int:
+    """Create the run's engine_state row if missing, lock it for this transaction, and return its version.
+
+    ``saved``: the row is known to exist (a state of this run was saved); see ``lock_state_rows``.
+    """
+    return lock_state_rows(session, [run_id], {run_id} if saved else ())[run_id]
 
 
-def lock_state_rows(session: Session, run_ids: list[int]) -> dict[int, int]:
-    """``lock_state_row`` for several runs at once, locking in run id order: run id -> version."""
-    insert = _insert(session)
-    now = datetime.now(timezone.utc)
+def lock_state_rows(session: Session, run_ids: list[int], saved: Iterable[int] = ()) -> dict[int, int]:
+    """Create the runs' engine_state rows where missing and lock them in run id order: run id -> version.
+
+    On PostgreSQL the rows of runs in ``saved`` (known to exist: rows go only with their run) are not inserted
+    again, which saves a round trip per evaluation. SQLite always runs the insert: it is what takes the
+    database's write lock at the start, so that the version read next cannot go stale before the save.
+    """
     ids = sorted(set(run_ids))
-    session.execute(
-        insert(EngineState).on_conflict_do_nothing(index_elements=["run_id"]),
-        [{"run_id": rid, "state": {}, "version": 0, "updated": now} for rid in ids],
-    )
+    known = set(saved) if session.get_bind().dialect.name == "postgresql" else set()
+    _insert_state_rows(session, [rid for rid in ids if rid not in known])
+    versions = _lock_versions(session, ids)
+    gone = [rid for rid in ids if rid not in versions]  # a row thought saved was not there after all
+    if gone:
+        _insert_state_rows(session, gone)
+        versions.update(_lock_versions(session, gone))
+    return versions
+
+
+def _insert_state_rows(session: Session, run_ids: list[int]) -> None:
+    if run_ids:
+        now = datetime.now(timezone.utc)
+        session.execute(
+            _insert(session)(EngineState).on_conflict_do_nothing(index_elements=["run_id"]),
+            [{"run_id": rid, "state": {}, "version": 0, "updated": now} for rid in run_ids],
+        )
+
+
+def _lock_versions(session: Session, run_ids: list[int]) -> dict[int, int]:
     rows = session.execute(
         select(EngineState.run_id, EngineState.version)
-        .where(EngineState.run_id.in_(ids))
+        .where(EngineState.run_id.in_(run_ids))
         .order_by(EngineState.run_id)
         .with_for_update()
     )
