@@ -206,3 +206,18 @@ def test_the_language_has_no_attribute_access_or_call_of_an_arbitrary_name():
         check_condition("loss.mean > 1")
     with pytest.raises(ConditionError, match="unknown function"):
         check_condition("system(1) > 1")
+
+
+def test_step_windows_over_a_series_sampled_every_few_steps_keep_their_value_late_in_a_run():
+    """Per-layer norms, loss_scale, val_loss come every N steps. A `last=100` window must still see its points
+    at step 500, batch after batch (the buffer once dropped the point that shows the window is complete)."""
+    r = rule("count(g, last=100) == 10 and mean(g, last=100) == 1")
+    core = Core([r])
+    state = core.new_state(1)
+    seen = {}
+    for start in range(0, 600, 20):  # batches of 20 steps, a sample every 10 steps
+        core.process(state, {"g": [(s, T0 + s, 1.0) for s in range(start, start + 20) if s % 10 == 0]})
+        last = start + 10
+        seen[last] = detect(r, state, last, {}, state.node_state.get("probe", {}), None, explain=False).fired
+    assert seen[10] is None  # 100 steps of history do not exist yet
+    assert all(seen[s] is True for s in seen if s >= 100), seen

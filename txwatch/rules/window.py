@@ -190,7 +190,10 @@ class SeriesBuffer:
         n = len(steps)
         keep_from = n - max(needs.points, 1)  # always keep the latest point
         if needs.steps:
-            keep_from = min(keep_from, bisect_right(steps, steps[-1] - needs.steps))
+            # keep the last point at or before the oldest window's start too: ``select`` reads it as the proof
+            # that nothing the window needs was dropped (on a series sampled every few steps, the first point
+            # inside the window may lie several steps after the window's start)
+            keep_from = min(keep_from, max(bisect_right(steps, steps[-1] - needs.steps) - 1, 0))
         if needs.seconds:
             cutoff = self.times[-1] - needs.seconds
             if self.times_sorted:
