@@ -201,6 +201,58 @@ def restarts_too_high(steps: int = 450, period: int = 150, watch: dict | None = 
     return Scenario(rec, onset=period)
 
 
+def _fp16_scaler() -> torch.amp.GradScaler:
+    # starts at 2^24 (as high-starting configs do) so that it really calibrates down, and tries a larger scale
+    # after 50 clean steps instead of 2000: a long run's occasional skips, within a few hundred steps
+    return torch.amp.GradScaler("cpu", init_scale=2.0**24, growth_interval=50)
+
+
+def healthy_fp16(steps: int = 400, watch: dict | None = None) -> Scenario:
+    """The MLP classifier trained in fp16 (autocast on the CPU with a GradScaler), Adam at 1e-3: the scaler
+    skips a few steps while it calibrates, then one now and then when it tries a larger scale."""
+    _seed()
+    data = classification()
+    model = mlp([20, 64, 64, 4])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    rec = train(model, opt, data.batches(64), steps, ce_loss, val_fn=data.val_loss, val_every=25, watch=watch,
+                scaler=_fp16_scaler())
+    return Scenario(rec, onset=0)
+
+
+def fp16_overflow(steps: int = 300, onset: int = 150, factor: float = 1e9, fused: bool = False,
+                  watch: dict | None = None) -> Scenario:
+    """The fp16 MLP classifier where, from iteration ``onset`` on, the loss is ``factor`` times too large (a loss
+    summed where it should be averaged, a loss weight off by orders of magnitude): its gradients overflow fp16
+    even unscaled, so the GradScaler skips iterations until the scale has collapsed far below 1.
+
+    The scenario's onset is the optimizer step the fault starts at, which is what the hooks count: a plain
+    optimizer is not stepped on the iterations the scaler skips. ``fused=True`` uses a fused Adam, which is
+    stepped on every iteration and skips inside, so each skipped iteration is a step."""
+    _seed()
+    data = classification()
+    model = mlp([20, 64, 64, 4])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
+    optimizer_steps = iteration = 0
+    onset_step: int | None = None
+
+    def count_step(*_) -> None:
+        nonlocal optimizer_steps
+        optimizer_steps += 1
+
+    def loss_fn(m: nn.Module, batch) -> torch.Tensor:
+        nonlocal iteration, onset_step
+        iteration += 1
+        if iteration < onset:
+            return ce_loss(m, batch)
+        if onset_step is None:
+            onset_step = optimizer_steps + 1
+        return ce_loss(m, batch) * factor
+
+    opt.register_step_post_hook(count_step)
+    rec = train(model, opt, data.batches(64), steps, loss_fn, watch=watch, scaler=_fp16_scaler())
+    return Scenario(rec, onset=onset_step)
+
+
 def crashing(steps: int = 200, crash_at: int = 40, watch: dict | None = None) -> Scenario:
     """A training whose data pipeline yields a malformed batch at ``crash_at``: a real exception ends it."""
     _seed()

@@ -19,6 +19,11 @@ def points(values: Iterable[float], start: int = 1, every: int = 1, step_s: floa
     return [(start + i * every, T0 + (start + i * every) * step_s, float(v)) for i, v in enumerate(values)]
 
 
+def at(steps: Iterable[int], fn: Callable[[int], float], step_s: float = STEP_S) -> list[tuple[int, float, float]]:
+    """[(step, time, fn(step))] at ``steps``: a sampled series (the hooks sample step 1, then every N)."""
+    return [(s, T0 + s * step_s, float(fn(s))) for s in steps]
+
+
 def curve(n: int, fn: Callable[[int], float], noise: float = 0.0, seed: int = 0) -> list[float]:
     """fn(step) for steps 1..n, times (1 + relative gaussian noise)."""
     rng = random.Random(seed)

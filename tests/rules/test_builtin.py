@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tests.rules.synth import T0, curve, points, run_rules
+from tests.rules.synth import T0, at, curve, points, run_rules
 from txwatch.rules import load_rules
 from txwatch.rules.detectors import detect
 from txwatch.rules.engine import _Facts
@@ -16,7 +16,7 @@ BUILTIN_IDS = {
     "out-of-memory", "memory-pressure", "loss-nonfinite", "loss-diverging", "loss-not-decreasing",
     "loss-oscillating", "gradient-explosion", "vanishing-gradients", "dead-layer", "gradient-imbalance",
     "update-ratio-high", "update-ratio-low", "slow-training", "overfitting", "no-warmup", "run-stalled",
-    "run-crashed",
+    "run-crashed", "fp16-overflow",
 }
 
 
@@ -318,6 +318,82 @@ def test_no_warmup_near_misses_the_same_spike_under_a_warmup_and_a_calm_start():
     ramp = [0.1 * min(1.0, s / 50) for s in range(1, 71)]
     assert "no-warmup" not in run_rules(_early(spike, ramp)).ids()
     assert "no-warmup" not in run_rules(_early(_falling(70), [0.1] * 70)).ids()
+
+
+# ------------------------------------------------------------ mixed precision
+
+
+def _fp16(n: int, skipped, scale, every: int = 10) -> dict:
+    """The hooks' GradScaler series at step 1 and every ``every`` steps up to ``n``: the running total of
+    skipped steps and the loss scale, as functions of the step."""
+    steps = [1, *range(every, n + 1, every)]
+    return {"scaler_skipped": at(steps, skipped), "loss_scale": at(steps, scale)}
+
+
+CALIBRATED = 2.0**24 / 2**16  # 16 skips down from an initial 2^24: 256
+
+
+@pytest.mark.parametrize("before_first_step", [False, True], ids=["one-step-each", "before-step-1"])
+def test_fp16_overflow_near_miss_calibration_skips_then_one_every_2000_steps(before_first_step):
+    """16 skips in the first 20 steps (counted as steps, as with a fused optimizer or Lightning; or all before
+    step 1, as with a plain optimizer, which is not stepped), then one each time the scale tries to grow."""
+    def skipped(s: int) -> int:
+        return (16 if before_first_step else min(s, 16)) + s // 2000
+
+    def scale(s: int) -> float:
+        return CALIBRATED if before_first_step else 2.0**24 / 2 ** min(s, 16)
+
+    result = run_rules(_fp16(8000, skipped, scale), batch_steps=100)
+    assert "fp16-overflow" not in result.ids()
+
+
+def test_fp16_overflow_fires_at_the_first_step_after_the_scale_collapsed():
+    """A plain optimizer after calibration: from step 305 on the gradients overflow even unscaled, and 30
+    iterations are skipped (the scale halving each time) before the optimizer steps again."""
+    series = _fp16(600, lambda s: 5 + (30 if s >= 305 else 0), lambda s: 2.0**19 / (2**30 if s >= 305 else 1))
+    fire = run_rules(series).first_fire("fp16-overflow")
+    assert fire is not None and fire.step == 310  # the first sample after the collapse
+    assert fire.rule.severity == "warning"
+    assert fire.reason.startswith("the loss scale is down to 0.0004883 (from 524288) and the GradScaler has "
+                                  "skipped 35 optimizer steps by step 310")
+    assert fire.evidence["values"]["last(loss_scale)"] == 2.0**-11
+
+
+def _floored(pattern: list[bool], every: int) -> dict:
+    """Calibrated, then from step 301 each step skipped or not per ``pattern`` (repeating), under a scaler that
+    does not go below 1 (a floor); sampled every ``every`` steps."""
+    skips = [0]
+    for s in range(1, 601):
+        skips.append(skips[-1] + (s > 300 and pattern[(s - 301) % len(pattern)]))
+    return _fp16(600, lambda s: 16 + skips[s], lambda s: 1.0 if s > 310 else CALIBRATED, every=every)
+
+
+@pytest.mark.parametrize("every", [1, 10])
+def test_fp16_overflow_fires_when_most_steps_are_skipped_though_the_scale_holds_at_1(every):
+    fire = run_rules(_floored([True, True, False, True, False], every)).first_fire("fp16-overflow")  # 3 in 5
+    assert fire is not None and 380 <= fire.step <= 390  # more than 50 skips within 100 steps: ~85 steps in
+    values = fire.evidence["values"]
+    assert values["last(scaler_skipped)"] - values["running_min(last(scaler_skipped), last=100)"] > 50
+    assert values["last(loss_scale)"] == 1.0
+
+
+@pytest.mark.parametrize("every", [1, 10])
+def test_fp16_overflow_near_misses_half_the_steps_skipped_and_a_scale_settled_at_2(every):
+    assert "fp16-overflow" not in run_rules(_floored([True, False], every)).ids()  # 50 in 100: not more than half
+    settled = _fp16(1000, lambda s: min(s, 23), lambda s: 2.0**24 / 2 ** min(s, 23), every)  # large gradients
+    assert "fp16-overflow" not in run_rules(settled).ids()
+
+
+def test_fp16_overflow_resolves_only_once_the_scale_is_back_at_2_and_the_skips_stopped():
+    """After the collapse the scale regrows, doubling every 100 clean steps here: it crosses 1 at step 1405,
+    which does not resolve the diagnosis; 2 at step 1505, held for 100 steps, does."""
+    def scale(s: int) -> float:
+        return 2.0**19 if s < 305 else 2.0**-11 * 2 ** ((s - 305) // 100)
+
+    result = run_rules(_fp16(2000, lambda s: 5 + (30 if s >= 305 else 0), scale))
+    changes = [(t.kind, t.step) for t in result.transitions if t.rule.id == "fp16-overflow" and t.kind != "update"]
+    assert [kind for kind, _ in changes] == ["fire", "resolve"]
+    assert 1605 <= changes[1][1] <= 1620
 
 
 # ------------------------------------------------------------ how the run ended

@@ -63,6 +63,7 @@ class Fault:
     rule: str
     within: int  # steps after the onset
     cause: str  # words from the rule's cause
+    options: tuple[tuple[str, object], ...] = ()  # keyword arguments for the scenario
 
 
 FAULTS = [
@@ -79,12 +80,21 @@ FAULTS = [
     Fault("restarts_too_high", "loss-oscillating", 160, "overshoots"),
     Fault("crashing", "run-crashed", 0, "raised an exception"),
     Fault("out_of_memory", "out-of-memory", 0, "too large for the device"),
+    # a plain optimizer is not stepped while the scaler skips: the scale has collapsed by the next step
+    Fault("fp16_overflow", "fp16-overflow", 0, "overflow fp16's range"),
+    # a fused one is stepped on every skipped iteration: the scale halves once a step, from 2^19 (or 2^20, when
+    # the scaler was trying a larger scale) to under 1
+    Fault("fp16_overflow", "fp16-overflow", 21, "overflow fp16's range", (("fused", True),)),
 ]
 
 
-@pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f"{f.scenario}->{f.rule}")
+def _fault_id(f: Fault) -> str:
+    return f"{f.scenario}->{f.rule}" + "".join(f"-{k}{v}" for k, v in f.options)
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=_fault_id)
 def test_a_real_fault_is_diagnosed_with_its_cause_soon_after_onset(fault, sessions):
-    onset, batches = recorded(fault.scenario)
+    onset, batches = recorded(fault.scenario, **dict(fault.options))
     ingest(sessions, batches)
     rows = [d for d in diagnoses(sessions) if d.rule_id == fault.rule]
     assert rows, f"{fault.rule} did not fire; fired: {sorted({d.rule_id for d in diagnoses(sessions)})}"
@@ -164,7 +174,7 @@ def test_a_hung_job_is_reported_stalled_by_the_scheduler(sessions):
     assert [(c.rule_id, c.kind) for c in changes] == [("run-stalled", "fire")]
 
 
-@pytest.mark.parametrize("name", ["healthy_gpt", "healthy_mlp"])
+@pytest.mark.parametrize("name", ["healthy_gpt", "healthy_mlp", "healthy_fp16"])
 def test_healthy_runs_raise_no_warning_or_critical_diagnosis(name, sessions):
     _, batches = recorded(name)
     ingest(sessions, batches)
@@ -177,7 +187,34 @@ def test_healthy_runs_raise_no_warning_or_critical_diagnosis(name, sessions):
 
 def test_the_healthy_runs_really_learned():
     """A quiet monitor is only worth something if the runs it watched were doing well."""
-    for name in ("healthy_gpt", "healthy_mlp"):
+    for name in ("healthy_gpt", "healthy_mlp", "healthy_fp16"):
         _, batches = recorded(name)
         loss = [p[2] for b in batches for p in b.get("series", {}).get("loss", [])]
         assert sum(loss[-20:]) / 20 < 0.7 * sum(loss[:20]) / 20, name
+
+
+def _series(batches, name: str) -> list[tuple[int, float]]:
+    return sorted((p[0], p[2]) for b in batches for p in b.get("series", {}).get(name, []))
+
+
+def test_the_healthy_fp16_run_really_skipped_steps_early_and_now_and_then():
+    """Its quiet is only worth something if its scaler did what a healthy one does: calibrate, then skip rarely."""
+    _, batches = recorded("healthy_fp16")
+    skipped = _series(batches, "scaler_skipped")
+    assert skipped[0][1] >= 4  # calibrating down from 2^24 before the first optimizer step
+    later = skipped[-1][1] - skipped[0][1]
+    assert 3 <= later <= 10  # one now and then as it tries a larger scale
+    assert min(v for _, v in _series(batches, "loss_scale")) >= 2.0**17
+
+
+def test_fp16_overflow_names_the_collapsed_scale_and_the_skips(sessions):
+    onset, batches = recorded("fp16_overflow")
+    ingest(sessions, batches)
+    row = next(d for d in diagnoses(sessions) if d.rule_id == "fp16-overflow")
+    values = row.evidence.get("first", row.evidence)["values"]
+    peak = max(v for _, v in _series(batches, "loss_scale"))
+    assert peak >= 2.0**17 and values["last(loss_scale)"] < 1e-3  # collapsed in the iterations skipped before it
+    assert values["last(scaler_skipped)"] >= 20
+    assert row.reason.startswith("the loss scale is down to 0.000")
+    assert f"(from {peak:.0f})" in row.reason and f"by step {onset};" in row.reason
+    assert row.severity == "warning" and "bf16" in row.fix[0]

@@ -8,6 +8,7 @@ validation set. Models are built from config (nothing downloaded) and train on t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -56,15 +57,20 @@ def train(
     stop_on_nonfinite: int = 5,
     rec: Recorded | None = None,
     watch: dict | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Recorded:
     """Train for ``steps`` optimizer steps, recording every metric the hooks would send (into ``rec``).
 
     With ``watch`` (keyword arguments for ``txwatch_hooks.watch``), the real hooks capture everything instead
     and send it to ``watch["sender"]``; only the loss and validation loss are logged by hand, as a user does.
+    With ``scaler`` (hooks only), each of the ``steps`` iterations runs the forward pass under fp16 autocast
+    and steps through the GradScaler, which is passed to ``watch`` too.
     """
+    if scaler is not None and watch is None:
+        raise ValueError("fp16 training with a GradScaler is recorded by the real hooks only: pass watch=")
     if watch is not None:
         return _train_watched(model, optimizer, batches, steps, loss_fn, scheduler, clip, val_fn, val_every,
-                              stop_on_nonfinite, watch, rec if rec is not None else Recorded())
+                              stop_on_nonfinite, watch, rec if rec is not None else Recorded(), scaler)
     rec = rec if rec is not None else Recorded()
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     last_end = time.time()
@@ -134,20 +140,28 @@ def train(
 
 
 def _train_watched(model, optimizer, batches, steps, loss_fn, scheduler, clip, val_fn, val_every,
-                   stop_on_nonfinite, watch, rec) -> Recorded:
+                   stop_on_nonfinite, watch, rec, scaler=None) -> Recorded:
     import txwatch_hooks
 
     nonfinite_seen = 0
-    with txwatch_hooks.watch(model, optimizer, **watch) as monitor:
+    amp = scaler is not None
+    with txwatch_hooks.watch(model, optimizer, scaler=scaler, **watch) as monitor:
         for step in range(1, steps + 1):
             batch = next(batches)
             model.train()
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model, batch)
-            loss.backward()
+            with torch.autocast("cpu", dtype=torch.float16) if amp else contextlib.nullcontext():
+                loss = loss_fn(model, batch)
+            (scaler.scale(loss) if amp else loss).backward()
             if clip is not None:
+                if amp:
+                    scaler.unscale_(optimizer)  # clip the gradients the optimizer will use
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
+            if amp:
+                scaler.step(optimizer)  # not stepped when the scaled gradients overflowed
+                scaler.update()
+            else:
+                optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             value = loss.detach()
