@@ -91,8 +91,9 @@ class Collector:
 
         Concurrent callers are combined: while one thread writes, the batches that arrive queue up, and the
         next thread to take the turn writes up to ``GROUP_MAX_BATCHES`` of them (one per run) in a single
-        transaction, then runs their rules together (while the next group is being written). Under load this keeps the cost per batch falling
-        instead of the queue growing. Each caller returns when its own batch is stored and evaluated.
+        transaction, then runs their rules together while the next group is being written. Under load this
+        keeps the cost per batch falling instead of the queue growing. Each caller returns when its own batch
+        is stored and evaluated.
 
         Raises the database's error when the database is unreachable or keeps failing (after retries).
         """

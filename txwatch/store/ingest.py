@@ -25,8 +25,8 @@ from txwatch.store.models import Project, Run, Series
 
 log = logging.getLogger(__name__)
 
-IN_CHUNK = 5000
-SQLITE_ROWS_PER_INSERT = 200  # 800 bound parameters per statement, far below SQLite's 32766  # ids per IN (...) list: below SQLite's and PostgreSQL's bound-parameter limits
+IN_CHUNK = 5000  # ids per IN (...) list: below SQLite's and PostgreSQL's bound-parameter limits
+SQLITE_ROWS_PER_INSERT = 200  # 800 bound parameters per statement, far below SQLite's 32766
 
 _POINT_COLS = "step, time, value, series_id"
 _ROLLUP_COLS = ("series_id", "level") + rollup.COLUMNS
@@ -213,7 +213,9 @@ class BatchWriter:
         )
         return {tuple(row) for row in conn.execute(self._claim_stmt, params)}
 
-    def write(self, conn: Connection, run_id: int, batch: Batch, known_series: dict[str, int], now: datetime) -> Written:
+    def write(
+        self, conn: Connection, run_id: int, batch: Batch, known_series: dict[str, int], now: datetime
+    ) -> Written:
         """Store the batch's points, rollups, series counters and run changes (after ``claim``)."""
         return self.write_many(conn, [(run_id, batch, known_series)], now)[0]
 
@@ -316,7 +318,8 @@ class BatchWriter:
                 cur.close()
             return
         # PostgreSQL: binary COPY is 4x faster than INSERT for thousands of rows
-        self._copy(conn, f"COPY points ({_POINT_COLS}) FROM STDIN (FORMAT BINARY)", ("int8", "float8", "float8", "int4"), rows)
+        self._copy(conn, f"COPY points ({_POINT_COLS}) FROM STDIN (FORMAT BINARY)",
+                   ("int8", "float8", "float8", "int4"), rows)
 
     def _upsert_points(self, conn: Connection, rows: list[tuple]) -> None:
         if self.dialect == "sqlite":
