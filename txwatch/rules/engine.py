@@ -31,7 +31,6 @@ from txwatch.rules.persistence import (
     load_state_blob,
     lock_state_row,
     lock_state_rows,
-    save_state,
     save_states,
 )
 from txwatch.rules.state import RunState
@@ -113,10 +112,7 @@ class RuleEngine:
                 metrics.ERRORS.labels(stage="observe").inc()
                 self._log_error(run_id, "rule evaluation failed for run %s; its diagnoses may lag", run_id)
                 return []
-        metrics.BATCH_SECONDS.observe(_time.perf_counter() - started)
-        metrics.POINTS.inc(sum(len(p) for p in series.values()))
-        for c in changes:
-            metrics.DIAGNOSES.labels(rule=c.rule_id, kind=c.kind).inc()
+        _count(changes, sum(len(p) for p in series.values()), started)
         return changes
 
     def observe_many(
@@ -139,10 +135,8 @@ class RuleEngine:
         finally:
             for k in reversed(stripes):
                 self._stripes[k].release()
-        metrics.BATCH_SECONDS.observe(_time.perf_counter() - started)
-        metrics.POINTS.inc(sum(len(p) for item in items if item not in again for p in item[1].values()))
-        for c in changes:
-            metrics.DIAGNOSES.labels(rule=c.rule_id, kind=c.kind).inc()
+        redo = {id(item) for item in again}  # counted when ``observe`` evaluates them below
+        _count(changes, sum(len(p) for item in items if id(item) not in redo for p in item[1].values()), started)
         for item in again:
             changes.extend(self.observe(*item))
         return changes
@@ -200,7 +194,7 @@ class RuleEngine:
                 version = lock_state_row(session, run_id, saved=state.version > 0)
                 if version == state.version:
                     changes = apply_transitions(session, run_id, transitions, state, self.notifier)
-                    state.version = save_state(session, state, version)
+                    save_states(session, [state], {run_id: version})
                     self._remember(state)
                     return changes
             self._forget(run_id)  # another collector evaluated this run meanwhile: its state is newer
@@ -213,7 +207,7 @@ class RuleEngine:
                 state.version = version
             transitions = self.core.process(state, series, events)
             changes = apply_transitions(session, run_id, transitions, state, self.notifier)
-            state.version = save_state(session, state, version)
+            save_states(session, [state], {run_id: version})
         self._remember(state)
         return changes
 
@@ -282,8 +276,7 @@ class RuleEngine:
                 except Exception:
                     metrics.ERRORS.labels(stage="check_time").inc()
                     self._log_error(run.id, "time-based rule %s failed for run %s", rule.id, run.id)
-        for c in changes:
-            metrics.DIAGNOSES.labels(rule=c.rule_id, kind=c.kind).inc()
+        _count(changes)
         return changes
 
     def _time_transition(self, run_id: int, rule: Rule, facts: RunFacts, fire: bool, now: float) -> list[DiagnosisChange]:
@@ -343,6 +336,16 @@ class RuleEngine:
         if last is None or now - last > ERROR_LOG_INTERVAL_S:
             self._last_error_log[run_id] = now
             log.exception(msg, *args)
+
+
+def _count(changes: list[DiagnosisChange], points: int = 0, started: float | None = None) -> None:
+    """The engine's own metrics for one evaluation: its time (from ``started``), points, diagnosis changes."""
+    if started is not None:
+        metrics.BATCH_SECONDS.observe(_time.perf_counter() - started)
+    if points:
+        metrics.POINTS.inc(points)
+    for c in changes:
+        metrics.DIAGNOSES.labels(rule=c.rule_id, kind=c.kind).inc()
 
 
 def _facts_of(run: Any, now: float) -> RunFacts:

@@ -107,18 +107,9 @@ def load_state_blob(session: Session, run_id: int) -> dict[str, Any] | None:
     return session.execute(select(EngineState.state).where(EngineState.run_id == run_id)).scalar_one_or_none()
 
 
-def save_state(session: Session, state: RunState, version: int) -> int:
-    new_version = version + 1
-    session.execute(
-        update(EngineState)
-        .where(EngineState.run_id == state.run_id)
-        .values(state=state.to_state(), version=new_version, updated=datetime.now(timezone.utc))
-    )
-    return new_version
-
-
 def save_states(session: Session, states: list[RunState], versions: dict[int, int]) -> None:
-    """``save_state`` for several runs in one statement; each state's ``version`` becomes the saved one."""
+    """Save the runs' states (``versions``: run id -> the version each was evaluated on, as locked) in one
+    statement; each state's ``version`` becomes the saved one."""
     if not states:
         return
     now = datetime.now(timezone.utc)

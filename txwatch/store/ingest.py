@@ -197,10 +197,6 @@ class BatchWriter:
 
     # -- one batch ------------------------------------------------------------------------------------------
 
-    def claim(self, conn: Connection, run_id: int, batch: Batch, now: datetime) -> bool:
-        """Insert the idempotency row; False when (run, rank, seq) was already stored (a replay)."""
-        return bool(self.claim_many(conn, [(run_id, batch)], now))
-
     def claim_many(self, conn: Connection, items: list[tuple[int, Batch]], now: datetime) -> set[tuple[int, int, int]]:
         """Insert the idempotency rows of several batches in one statement, in (run, rank, seq) order.
 
@@ -212,12 +208,6 @@ class BatchWriter:
             key=lambda p: (p["run_id"], p["rank"], p["seq"]),
         )
         return {tuple(row) for row in conn.execute(self._claim_stmt, params)}
-
-    def write(
-        self, conn: Connection, run_id: int, batch: Batch, known_series: dict[str, int], now: datetime
-    ) -> Written:
-        """Store the batch's points, rollups, series counters and run changes (after ``claim``)."""
-        return self.write_many(conn, [(run_id, batch, known_series)], now)[0]
 
     def write_many(
         self, conn: Connection, items: list[tuple[int, Batch, dict[str, int]]], now: datetime
