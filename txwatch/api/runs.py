@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from txwatch.api.deps import get_services, require_token
+from txwatch.api.errors import NaNJSONResponse
 from txwatch.api.models import ERRORS, DiagnosisList, Layers, RunDetail, RunList, SeriesList, SeriesPoints
 from txwatch.collector.schema import METRIC_PATTERN, NAME_PATTERN
 from txwatch.rules.model import RULE_ID_PATTERN
@@ -43,31 +46,21 @@ async def list_runs(
     name: Annotated[str | None, Query(pattern=NAME_PATTERN, description="exact run name")] = None,
     limit: Annotated[int, Query(ge=1, le=queries.MAX_RUN_LIMIT)] = queries.DEFAULT_RUN_LIMIT,
 ):
-    def work():
-        with services.session_factory() as s:
-            return {"runs": queries.list_runs(s, project, status, since, until, name, limit)}
-
-    return _plain(await run_in_threadpool(work))
+    return await _read(services, lambda s: {"runs": queries.list_runs(s, project, status, since, until, name, limit)})
 
 
 @router.get("/runs/{project}/{run}", response_model=RunDetail, summary="One run: config and summary")
 async def get_run(project: ProjectName, run: RunName, services: Services = Depends(get_services)):
-    def work():
-        with services.session_factory() as s:
-            r, p = _run(s, project, run)
-            return queries.run_detail(s, r, p)
+    def work(s):
+        r, p = _run(s, project, run)
+        return queries.run_detail(s, r, p)
 
-    return _plain(await run_in_threadpool(work))
+    return await _read(services, work)
 
 
 @router.get("/runs/{project}/{run}/series", response_model=SeriesList, summary="The run's series")
 async def list_series(project: ProjectName, run: RunName, services: Services = Depends(get_services)):
-    def work():
-        with services.session_factory() as s:
-            r, _ = _run(s, project, run)
-            return {"series": queries.list_series(s, r)}
-
-    return _plain(await run_in_threadpool(work))
+    return await _read(services, lambda s: {"series": queries.list_series(s, _run(s, project, run)[0])})
 
 
 @router.get(
@@ -85,20 +78,19 @@ async def series_points(
     end: Annotated[int | None, Query(ge=0, le=2**62, description="last step")] = None,
     raw: Annotated[bool, Query(description="the first max_points raw points from start (for paging)")] = False,
 ):
-    def work():
-        with services.session_factory() as s:
-            r, p = _run(s, project, run)
-            try:
-                series = queries.get_series(s, r, name)
-            except LookupError as exc:
-                raise HTTPException(404, str(exc)) from None
-            if raw:
-                out = downsample.raw_page(s, series, start or 0, end, max_points)
-            else:
-                out = downsample.series_points(s, series, max_points, start, end)
-            return {"project": p, "run": r.name, "name": name, **out}
+    def work(s):
+        r, p = _run(s, project, run)
+        try:
+            series = queries.get_series(s, r, name)
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from None
+        if raw:
+            out = downsample.raw_page(s, series, start or 0, end, max_points)
+        else:
+            out = downsample.series_points(s, series, max_points, start, end)
+        return {"project": p, "run": r.name, "name": name, **out}
 
-    return _plain(await run_in_threadpool(work))
+    return await _read(services, work)
 
 
 @router.get("/runs/{project}/{run}/layers", response_model=Layers, summary="Heatmap: layers x step buckets")
@@ -109,12 +101,11 @@ async def layers(
     metric: Annotated[str, Query(pattern=r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,99}$")] = "grad_norm",
     max_steps: Annotated[int, Query(ge=1, le=5000)] = 200,
 ):
-    def work():
-        with services.session_factory() as s:
-            r, _ = _run(s, project, run)
-            return downsample.layer_heatmap(s, r.id, metric, max_steps, order=(r.info or {}).get("layers"))
+    def work(s):
+        r, _ = _run(s, project, run)
+        return downsample.layer_heatmap(s, r.id, metric, max_steps, order=(r.info or {}).get("layers"))
 
-    return _plain(await run_in_threadpool(work))
+    return await _read(services, work)
 
 
 @router.get("/diagnoses", response_model=DiagnosisList, summary="Diagnoses, newest first")
@@ -127,15 +118,17 @@ async def list_diagnoses(
     state: State | None = None,
     limit: Annotated[int, Query(ge=1, le=queries.MAX_RUN_LIMIT)] = 1000,
 ):
+    return await _read(
+        services, lambda s: {"diagnoses": queries.list_diagnoses(s, project, run, rule, severity, state, limit)}
+    )
+
+
+async def _read(services: Services, query: Callable[[Session], Any]):
+    """``query(session)`` in the thread pool (the database calls block), answered as JSON as is: NaN allowed,
+    and no re-validation by FastAPI against the documented model."""
+
     def work():
-        with services.session_factory() as s:
-            return {"diagnoses": queries.list_diagnoses(s, project, run, rule, severity, state, limit)}
+        with services.session_factory() as session:
+            return query(session)
 
-    return _plain(await run_in_threadpool(work))
-
-
-def _plain(content):
-    """Return JSON as is (NaN allowed), skipping FastAPI's re-validation against the documented model."""
-    from txwatch.api.errors import NaNJSONResponse
-
-    return NaNJSONResponse(content)
+    return NaNJSONResponse(await run_in_threadpool(work))
