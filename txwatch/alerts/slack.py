@@ -348,14 +348,10 @@ class SlackSink:
                 if not cursor or wanted <= set(found):
                     break
         except SlackApiError as exc:
-            code = _code(exc)
-            if code not in _LOOKUP_REFUSED:
-                raise
-            self._warn_once(
-                f"lookup:{code}",
+            self._lookup_refused(
+                exc, "lookup",
                 "cannot check Slack for a message an interrupted attempt may have posted (%s): add the "
                 "channels:history scope (groups:history for private channels) to rule out duplicates; posting",
-                code,
             )
             return {}
         return found
@@ -388,16 +384,21 @@ class SlackSink:
                 if not cursor:
                     return None
         except SlackApiError as exc:
-            code = _code(exc)
-            if code not in _LOOKUP_REFUSED:
-                raise
-            self._warn_once(
-                f"list:{code}",
+            self._lookup_refused(
+                exc, "list",
                 "cannot look up the ID of Slack channel #%s (%s): configure channel IDs (C0123...) or add the "
                 "channels:read scope so txwatch can rule out duplicate posts after a timeout",
-                name, code,
+                name,
             )
         return None
+
+    def _lookup_refused(self, exc: SlackApiError, kind: str, message: str, *args: Any) -> None:
+        """Re-raise ``exc`` unless Slack refused a lookup for want of a scope; then warn once per kind and
+        error code (``message`` takes ``args`` and then the code), and let the caller post without it."""
+        code = _code(exc)
+        if code not in _LOOKUP_REFUSED:
+            raise exc
+        self._warn_once(f"{kind}:{code}", message, *args, code)
 
     # -- errors -------------------------------------------------------------------------------------------------
 
