@@ -358,3 +358,23 @@ def test_a_revoked_incoming_webhook_fails_clearly(sessions, slack, clock, alerti
     assert row.status == "failed"
     assert row.error.startswith("the Slack incoming webhook no longer exists (no_service)")
     assert "revokedsecret999" not in row.error
+
+
+def test_without_the_history_scope_a_timed_out_post_is_retried_with_one_clear_warning(
+        sessions, slack, clock, alerting_for, caplog):
+    """A bot token lacking channels:history cannot look for the message a lost answer may have posted: the
+    retry posts (a duplicate is possible) and the log says once which scope would prevent it."""
+    alerting = alerting_for(slack_settings(slack), timeout_s=1.0)
+    slack.script("chat.postMessage", Reply(delay_s=2.5, perform=True))
+    refused = Reply(body={"ok": False, "error": "missing_scope", "needed": "channels:history"})
+    slack.script("conversations.history", refused)
+    fire(sessions, alerting)
+    assert alerting.dispatch_due() == 0
+    clock.advance(16)
+    assert alerting.dispatch_due() == 1  # posted again without the lookup
+    assert len(slack.calls("conversations.history")) == 1
+    assert len(slack.calls("chat.postMessage")) == 2 and len(slack.top_level(ALERTS)) == 2  # the duplicate
+    warnings = [r.getMessage() for r in caplog.records if "channels:history" in r.getMessage()]
+    assert len(warnings) == 1 and "missing_scope" in warnings[0], warnings
+    [row] = rows(sessions)
+    assert row.status == "sent"
