@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -14,6 +15,10 @@ from txwatch.demo.model import TinyGPT
 
 VOCAB = 64
 CONTEXT = 33  # 32 predicted tokens per sequence
+# The demo trains its runs side by side in threads, and torch's default RNG is one per process: a model built
+# while another run seeds or draws would get other weights on every machine. Building under this lock, and a
+# generator of the run's own for the shuffle, make each run the same however the threads interleave.
+_INIT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -65,18 +70,27 @@ def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
+def build(scenario: Scenario, seed: int = 0) -> tuple[TinyGPT, DataLoader, torch.Tensor]:
+    """The scenario's model, training loader and validation sequences: the same for the same seed, whatever
+    other threads do with torch's default generator meanwhile."""
+    chain = markov_chain(VOCAB, seed=1234)
+    train_set = SequenceSet(sample_sequences(chain, scenario.train_size, CONTEXT, seed=seed + 1), scenario.delay_s)
+    val_seqs = sample_sequences(chain, 256, CONTEXT, seed=seed + 2)
+    loader = DataLoader(train_set, batch_size=scenario.batch_size, shuffle=True, num_workers=scenario.workers,
+                        drop_last=len(train_set) > scenario.batch_size,
+                        generator=torch.Generator().manual_seed(seed + 3))
+    with _INIT_LOCK:
+        torch.manual_seed(seed)
+        model = TinyGPT(VOCAB, context=CONTEXT - 1, dropout=scenario.dropout)
+    return model, loader, val_seqs
+
+
 def train(scenario: Scenario, *, run: str, project: str, seed: int = 0,
           on_step: Callable[[int, float], None] | None = None, **watch_kwargs) -> None:
     """Train one scenario under ``txwatch.watch``; ``on_step(step, loss)`` reports progress."""
     import txwatch
 
-    torch.manual_seed(seed)
-    chain = markov_chain(VOCAB, seed=1234)
-    train_set = SequenceSet(sample_sequences(chain, scenario.train_size, CONTEXT, seed=seed + 1), scenario.delay_s)
-    val_seqs = sample_sequences(chain, 256, CONTEXT, seed=seed + 2)
-    loader = DataLoader(train_set, batch_size=scenario.batch_size, shuffle=True, num_workers=scenario.workers,
-                        drop_last=len(train_set) > scenario.batch_size)
-    model = TinyGPT(VOCAB, context=CONTEXT - 1, dropout=scenario.dropout)
+    model, loader, val_seqs = build(scenario, seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=scenario.lr, weight_decay=0.0 if scenario.train_size < 100 else 0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(scenario.warmup, scenario.steps))
     config = {"lr": scenario.lr, "warmup_steps": scenario.warmup, "batch_size": scenario.batch_size,
