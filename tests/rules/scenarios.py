@@ -95,6 +95,16 @@ def lr_too_high(steps: int = 300, onset: int = 100, watch: dict | None = None) -
     return Scenario(rec, onset=onset, nan_step=rec.first_nonfinite_step())
 
 
+def gpt_lr_too_high(steps: int = 60, watch: dict | None = None) -> Scenario:
+    """The GPT of ``healthy_gpt`` with AdamW at 0.5 from the first step, no warmup and no clipping: the loss
+    leaves its start at once and climbs several-fold within a few steps (there is no best to come back from)."""
+    _seed()
+    model = TinyGPT(vocab=48, dim=32, heads=4, layers=2, ctx=16)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.5, weight_decay=0.01)
+    rec = train(model, opt, token_batches(vocab=48, ctx=16, batch_size=16), steps, lm_loss, watch=watch)
+    return Scenario(rec, onset=1)
+
+
 def lr_too_low(steps: int = 400, watch: dict | None = None) -> Scenario:
     """The MLP classifier with Adam at 1e-6: nothing moves."""
     _seed()

@@ -74,6 +74,40 @@ def test_loss_diverging_near_miss_a_rise_below_twice_the_best_is_not_divergence(
     assert "loss-diverging" not in run_rules({"loss": points(_diverging(peak=0.75))}).ids()
 
 
+def _diverging_from_the_start(peak: float) -> list[float]:
+    """A learning rate far too high from step 1: the loss leaves its initial 4.2 at once, climbs to ``peak``
+    times that within a few steps, then sinks back to the start over 100 steps without learning anything."""
+    def f(s: int) -> float:
+        rise = min(1.0, (s - 1) / 5)
+        fall = max(0.0, min(1.0, (s - 20) / 100))
+        return 4.2 * (1 + (peak - 1) * rise * (1 - fall))
+
+    return curve(200, f, 0.1, seed=3)
+
+
+def test_loss_diverging_fires_on_a_run_that_diverges_from_its_first_steps_and_resolves_back_at_its_start():
+    # there is no smoothed best yet when the rise starts: the first loss is the baseline
+    result = run_rules({"loss": points(_diverging_from_the_start(peak=5.0))})
+    fire = result.first_fire("loss-diverging")
+    assert fire is not None and fire.step <= 15, fire
+    assert "it started at 4." in fire.reason
+    episode = [(t.kind, t.step) for t in result.transitions if t.rule.id == "loss-diverging" and t.kind != "update"]
+    assert [k for k, _ in episode] == ["pending", "fire", "resolve"], episode  # one episode, no flapping
+    assert episode[-1][1] > 100  # not while the loss is still far above where it started, as it sinks back
+
+
+def test_loss_diverging_near_miss_an_early_rise_below_three_times_the_first_loss_is_not_divergence():
+    assert "loss-diverging" not in run_rules({"loss": points(_diverging_from_the_start(peak=2.5))}).ids()
+
+
+def test_loss_diverging_a_flat_noisy_loss_after_a_lucky_first_batch_is_not_divergence():
+    # fine-tuning a pretrained model on small batches: the loss barely moves and the first batch happened to
+    # be easy (40% of the typical loss); a noisy start is not a divergence
+    values = curve(300, lambda s: 1.0, 0.25, seed=5)
+    values[0] = 0.4
+    assert "loss-diverging" not in run_rules({"loss": points(values)}).ids()
+
+
 def test_loss_not_decreasing_fires_after_warmup_when_the_loss_stays_at_its_start():
     n = 400
     result = run_rules({"loss": points(curve(n, lambda s: 2.3, 0.03)), "lr/0": points([1e-6] * n)})

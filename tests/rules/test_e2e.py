@@ -70,6 +70,7 @@ class Fault:
 FAULTS = [
     Fault("lr_too_high", "gradient-explosion", 5, "learning rate is too high"),
     Fault("lr_too_high_sgd", "update-ratio-high", 25, "learning rate is too high"),
+    Fault("gpt_lr_too_high", "loss-diverging", 15, "learning rate is too high"),
     Fault("lr_too_low", "loss-not-decreasing", 260, "learning rate is too low"),
     Fault("sgd_lr_too_low", "update-ratio-low", 130, "learning rate is too low"),
     Fault("tiny_training_set", "overfitting", 150, "memorizing the training set"),
