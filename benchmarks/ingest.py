@@ -101,8 +101,8 @@ def drive(prefix: str, seconds: float, clients: int, series: int, steps: int, co
     a thread its ``(send(body) -> points stored, close())``."""
     # bodies built before the clock starts: enough for 800k points/s per client over ``seconds``
     per_client = max(4, int(800_000 * seconds / (series * steps)))
-    bodies = {c: [body(f"{prefix}-{c}-{uuid.uuid4().hex[:6]}", seq, series, steps) for seq in range(per_client)]
-              for c in range(clients)}
+    names = {c: f"{prefix}-{c}-{uuid.uuid4().hex[:6]}" for c in range(clients)}  # one run per client
+    bodies = {c: [body(names[c], seq, series, steps) for seq in range(per_client)] for c in range(clients)}
     done = [0] * clients
     stop = time.monotonic() + seconds
 
@@ -183,9 +183,10 @@ def latency(url: str, runs: int, seconds: float) -> list[float]:
 
     n = int(seconds)
     host, port = urlsplit(url).hostname, urlsplit(url).port
+    names = [f"lat-{k}-{uuid.uuid4().hex[:6]}" for k in range(runs)]  # each client is one run, batch after batch
     requests = {k: [b"POST /api/v1/ingest HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                     b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(b), b)
-                    for b in (body(f"lat-{k}-{uuid.uuid4().hex[:6]}", seq, 20, 10) for seq in range(n))]
+                    for b in (body(names[k], seq, 20, 10) for seq in range(n))]
                 for k in range(runs)}
     out: list[float] = []
 
