@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from txwatch.rules.core import Transition
@@ -50,12 +51,24 @@ def utc(ts: float | None) -> datetime:
     return datetime.fromtimestamp(ts, timezone.utc)
 
 
-def _insert(session: Session):
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
+# engine_state statements on the table, built once: they run on every evaluation (each ingested group), and
+# building them per call, or going through the ORM's bulk paths, cost more client CPU than executing them
+_STATE = EngineState.__table__
+_INSERT_STATE = {
+    name: dialect.insert(_STATE).on_conflict_do_nothing(index_elements=["run_id"])
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+_LOCK_VERSIONS = (
+    select(_STATE.c.run_id, _STATE.c.version)
+    .where(_STATE.c.run_id.in_(bindparam("ids", expanding=True)))
+    .order_by(_STATE.c.run_id)
+    .with_for_update()
+)
+_SAVE_STATE = (
+    _STATE.update()
+    .where(_STATE.c.run_id == bindparam("rid"))
+    .values(state=bindparam("state"), version=bindparam("next_version"), updated=bindparam("now"))
+)
 
 
 def lock_state_row(session: Session, run_id: int, saved: bool = False) -> int:
@@ -87,19 +100,15 @@ def lock_state_rows(session: Session, run_ids: list[int], saved: Iterable[int] =
 def _insert_state_rows(session: Session, run_ids: list[int]) -> None:
     if run_ids:
         now = datetime.now(timezone.utc)
-        session.execute(
-            _insert(session)(EngineState).on_conflict_do_nothing(index_elements=["run_id"]),
+        conn = session.connection()
+        conn.execute(
+            _INSERT_STATE[conn.dialect.name],
             [{"run_id": rid, "state": {}, "version": 0, "updated": now} for rid in run_ids],
         )
 
 
 def _lock_versions(session: Session, run_ids: list[int]) -> dict[int, int]:
-    rows = session.execute(
-        select(EngineState.run_id, EngineState.version)
-        .where(EngineState.run_id.in_(run_ids))
-        .order_by(EngineState.run_id)
-        .with_for_update()
-    )
+    rows = session.connection().execute(_LOCK_VERSIONS, {"ids": run_ids})
     return {int(rid): int(version) for rid, version in rows}
 
 
@@ -113,9 +122,9 @@ def save_states(session: Session, states: list[RunState], versions: dict[int, in
     if not states:
         return
     now = datetime.now(timezone.utc)
-    session.execute(
-        update(EngineState),
-        [{"run_id": s.run_id, "state": s.to_state(), "version": versions[s.run_id] + 1, "updated": now}
+    session.connection().execute(
+        _SAVE_STATE,
+        [{"rid": s.run_id, "state": s.to_state(), "next_version": versions[s.run_id] + 1, "now": now}
          for s in sorted(states, key=lambda s: s.run_id)],
     )
     for s in states:
