@@ -188,8 +188,9 @@ class Collector:
     def _store_once(self, group: list[_Pending]) -> None:
         now = now_utc()
         with self._write_lock:
+            ids = self._run_ids([item.batch for item in group], now)
             for item in group:
-                item.run_id = self._run_id(item.batch, now)
+                item.run_id = ids[(item.batch.project, item.batch.run)]
             with self.engine.connect() as conn:
                 self.writer.prepare(conn)
                 with conn.begin():
@@ -207,18 +208,26 @@ class Collector:
                 self._remember_series(item.run_id, w.series_ids)
                 item.result = IngestResult(accepted=True, duplicate=False, points=w.points)
 
-    def _run_id(self, batch: Batch, now) -> int:
-        key = (batch.project, batch.run)
-        run_id = self._runs.get(key)
-        if run_id is not None:
-            return run_id
-        with self.engine.begin() as conn:
-            run_id = self.writer.ensure_run(conn, batch, now)
-        with self._cache_lock:
-            if len(self._runs) >= RUN_CACHE_MAX:
-                self._runs.clear()
-            self._runs[key] = run_id
-        return run_id
+    def _run_ids(self, batches: list[Batch], now) -> dict[tuple[str, str], int]:
+        """(project, run) -> run id for the batches' runs: cached, or created (all new ones in one transaction)."""
+        ids = {}
+        new = []
+        for b in batches:
+            key = (b.project, b.run)
+            run_id = self._runs.get(key)
+            if run_id is None:
+                new.append(b)
+            else:
+                ids[key] = run_id
+        if new:
+            with self.engine.begin() as conn:
+                created = self.writer.ensure_runs(conn, new, now)
+            with self._cache_lock:
+                if len(self._runs) + len(created) > RUN_CACHE_MAX:
+                    self._runs.clear()
+                self._runs.update(created)
+            ids.update(created)
+        return ids
 
     def _remember_series(self, run_id: int, ids: dict[str, int]) -> None:
         known = self._series.get(run_id)
