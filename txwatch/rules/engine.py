@@ -145,10 +145,14 @@ class RuleEngine:
         """Evaluate each run on its current state, then save all in one transaction. Returns the changes and
         the items to evaluate again one by one."""
         prepared = []
+        try:
+            states = self._current_states([run_id for run_id, _, _ in items])
+        except Exception:  # the database did not answer: evaluate one by one, each with its own errors
+            return [], list(items)
         for item in items:
             run_id, series, events = item
             try:
-                state = self._current_state(run_id)
+                state = states[run_id]
                 prepared.append((item, state, self.core.process(state, series, events)))
             except Exception:
                 self._forget(run_id)
@@ -214,19 +218,32 @@ class RuleEngine:
     def _current_state(self, run_id: int) -> RunState:
         """The run's state as last saved: the cached one (its version is checked when saving), else the
         database's."""
+        return self._current_states([run_id])[run_id]
+
+    def _current_states(self, run_ids: list[int]) -> dict[int, RunState]:
+        """``_current_state`` of several runs, with one query for all those not cached (a group of new runs,
+        or every run after a restart)."""
+        out: dict[int, RunState] = {}
         with self._cache_lock:
-            cached = self._cache.get(run_id)
-        if cached is not None:
-            return cached
+            for run_id in run_ids:
+                cached = self._cache.get(run_id)
+                if cached is not None:
+                    out[run_id] = cached
+        missing = sorted({run_id for run_id in run_ids if run_id not in out})
+        if not missing:
+            return out
         with self.session_factory() as session:
-            row = session.execute(select(EngineState.version).where(EngineState.run_id == run_id)).first()
-            version = int(row[0]) if row is not None else 0
+            saved = {int(rid): (int(version), blob) for rid, version, blob in session.execute(
+                select(EngineState.run_id, EngineState.version, EngineState.state)
+                .where(EngineState.run_id.in_(missing)))}
+        for run_id in missing:
+            version, blob = saved.get(run_id, (0, None))  # a new run has no saved state
             state = self._cached(run_id, version)
             if state is None:
-                saved = load_state_blob(session, run_id) if row is not None else None  # a new run has none
-                state = RunState.from_state(run_id, self.core.index, saved)
+                state = RunState.from_state(run_id, self.core.index, blob)
                 state.version = version
-        return state
+            out[run_id] = state
+        return out
 
     # ------------------------------------------------------------ scheduler
 
