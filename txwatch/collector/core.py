@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from txwatch.collector.schema import Batch
+from txwatch.store import pipelined
 from txwatch.store.ingest import BatchWriter, now_utc
 
 log = logging.getLogger(__name__)
@@ -192,13 +193,18 @@ class Collector:
             for item in group:
                 item.run_id = ids[(item.batch.project, item.batch.run)]
             with self.engine.connect() as conn:
-                self.writer.prepare(conn)
-                with conn.begin():
-                    claimed = self.writer.claim_many(conn, [(item.run_id, item.batch) for item in group], now)
-                    new = [item for item in group if (item.run_id, item.batch.rank, item.batch.seq) in claimed]
-                    written = self.writer.write_many(
-                        conn, [(item.run_id, item.batch, self._series.get(item.run_id, {})) for item in new], now
-                    )
+                known = [(item.run_id, item.batch, self._series.get(item.run_id, {})) for item in group]
+                stored = None
+                if self.writer.dialect == "postgresql" and pipelined.eligible(known):
+                    stored = pipelined.store(self.writer, conn, known, now)  # None: take the classic path
+                if stored is None:
+                    self.writer.prepare(conn)
+                    with conn.begin():
+                        claimed = self.writer.claim_many(conn, [(run_id, b) for run_id, b, _ in known], now)
+                        stored = claimed, self.writer.write_many(
+                            conn, [k for k in known if (k[0], k[1].rank, k[1].seq) in claimed], now)
+        claimed, written = stored
+        new = [item for item in group if (item.run_id, item.batch.rank, item.batch.seq) in claimed]
         done = {id(item): w for item, w in zip(new, written)}
         for item in group:
             w = done.get(id(item))

@@ -130,6 +130,54 @@ class Written:
     max_step: int | None = None
 
 
+@dataclass
+class Plan:
+    """What a group of claimed batches writes, worked out from the locked series rows (no I/O)."""
+
+    fresh_rows: list[tuple] = field(default_factory=list)  # points after each series' last stored step
+    rewrites: list[tuple[int, list[tuple]]] = field(default_factory=list)  # (series id, rows) over stored steps
+    rollup_rows: list[tuple] = field(default_factory=list)  # summaries of the fresh rows, to merge
+    # series id -> its counter update; "n" (points added) is None for a rewritten series until counted
+    counters: dict[int, dict[str, Any]] = field(default_factory=dict)
+    written: dict[int, Written] = field(default_factory=dict)  # item index -> what it wrote
+
+
+def plan_writes(
+    items: list[tuple[int, Batch, dict[str, int]]], all_ids: dict[int, dict[str, int]], old: dict[int, tuple]
+) -> Plan:
+    """The rows that ``items`` (run id, batch, known ids) write, given each series' ids (``all_ids``: item
+    index -> name -> id) and its locked row (``old``: id -> last_step, last_value, last_time, thinned below)."""
+    plan = Plan()
+    for i in sorted(all_ids, key=lambda i: items[i][0]):
+        batch = items[i][1]
+        ids = all_ids[i]
+        total = 0
+        max_step: int | None = None
+        for name, sid in ids.items():
+            rows = _rows(batch.series[name], sid)
+            last_step, last_value, last_time, _ = old[sid]
+            new: int | None
+            if last_step is None or rows[0][0] > last_step:
+                plan.fresh_rows.extend(rows)
+                new = len(rows)
+                for level, summaries in rollup.all_levels(rows).items():
+                    plan.rollup_rows.extend(_rollup_params(sid, level, summaries))
+            else:
+                new = None
+                plan.rewrites.append((sid, rows))
+            total += len(rows)
+            top = rows[-1]
+            if last_step is None or top[0] >= last_step:
+                last_step, last_value, last_time = top[0], top[2], top[1]
+            if max_step is None or top[0] > max_step:
+                max_step = top[0]
+            plan.counters[sid] = {
+                "id": sid, "n": new, "last_step": last_step, "last_value": last_value, "last_time": last_time,
+            }
+        plan.written[i] = Written(points=total, series_ids=ids, max_step=max_step)
+    return plan
+
+
 class BatchWriter:
     """Dialect-aware statements for ingest (SQLite and PostgreSQL)."""
 
@@ -270,48 +318,20 @@ class BatchWriter:
         )
         all_ids = {i: by_run[runs[i]] for i in order}
         old = self._lock_series(conn, sorted(sid for ids in all_ids.values() for sid in ids.values()))
-        fresh_rows: list[tuple] = []
-        upserts: list[tuple[int, list[tuple]]] = []
-        rollup_rows: list[tuple] = []
-        series_updates: list[dict[str, Any]] = []
-        written: dict[int, Written] = {}
-        for i in order:
-            batch = items[i][1]
-            ids = all_ids[i]
-            total = 0
-            max_step: int | None = None
-            for name, sid in ids.items():
-                rows = _rows(batch.series[name], sid)
-                last_step, last_value, last_time, _ = old[sid]
-                if last_step is None or rows[0][0] > last_step:
-                    fresh_rows.extend(rows)
-                    new = len(rows)
-                    for level, summaries in rollup.all_levels(rows).items():
-                        rollup_rows.extend(_rollup_params(sid, level, summaries))
-                else:
-                    new = len(rows) - self._count_existing(conn, sid, [r[0] for r in rows])
-                    upserts.append((sid, rows))
-                total += len(rows)
-                top = rows[-1]
-                if last_step is None or top[0] >= last_step:
-                    last_step, last_value, last_time = top[0], top[2], top[1]
-                if max_step is None or top[0] > max_step:
-                    max_step = top[0]
-                series_updates.append(
-                    {"id": sid, "n": new, "last_step": last_step, "last_value": last_value, "last_time": last_time}
-                )
-            written[i] = Written(points=total, series_ids=ids, max_step=max_step)
-        if fresh_rows:
-            self._insert_points(conn, fresh_rows)
-        for sid, rows in upserts:
+        plan = plan_writes(items, all_ids, old)
+        for sid, rows in plan.rewrites:
+            plan.counters[sid]["n"] = len(rows) - self._count_existing(conn, sid, [r[0] for r in rows])
+        if plan.fresh_rows:
+            self._insert_points(conn, plan.fresh_rows)
+        for sid, rows in plan.rewrites:
             self._upsert_points(conn, rows)
-            rollup_rows.extend(self._recompute_rollups(conn, sid, rows, old[sid][3]))
-        if rollup_rows:
-            self._merge_rollups(conn, rollup_rows)
-        if series_updates:
-            self._update_series(conn, series_updates)
-        self._update_runs(conn, [(runs[i], items[i][1], written[i].max_step) for i in order], now)
-        return [written[i] for i in range(len(items))]
+            plan.rollup_rows.extend(self._recompute_rollups(conn, sid, rows, old[sid][3]))
+        if plan.rollup_rows:
+            self._merge_rollups(conn, plan.rollup_rows)
+        if plan.counters:
+            self._update_series(conn, list(plan.counters.values()))
+        self._update_runs(conn, [(runs[i], items[i][1], plan.written[i].max_step) for i in order], now)
+        return [plan.written[i] for i in range(len(items))]
 
     def _lock_series(self, conn: Connection, ids: list[int]) -> dict[int, tuple]:
         out: dict[int, tuple] = {}
@@ -444,13 +464,13 @@ class BatchWriter:
         # PostgreSQL, whose driver pipelines it)
         by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for run_id, batch, max_step in sorted(items, key=lambda i: i[0]):
-            changes = self._run_changes(rows[run_id], batch, now, max_step)
+            changes = self.run_changes(rows[run_id], batch, now, max_step)
             by_columns.setdefault(tuple(sorted(changes)), []).append({"rid": run_id, **changes})
         for params in by_columns.values():
             conn.execute(self._run_update, params)
 
     @staticmethod
-    def _run_changes(run: Any, batch: Batch, now: datetime, max_step: int | None) -> dict[str, Any]:
+    def run_changes(run: Any, batch: Batch, now: datetime, max_step: int | None) -> dict[str, Any]:
         values: dict[str, Any] = {"last_seen": now}
         steps = run.steps
         if max_step is not None and max_step > steps:
