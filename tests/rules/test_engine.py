@@ -300,3 +300,33 @@ def test_a_saved_state_row_that_went_missing_is_recreated_not_an_error(sessions)
     assert [(c.rule_id, c.step) for c in changes if c.rule_id == "loss-nonfinite"] == [("loss-nonfinite", 15)]
     with sessions() as s:
         assert s.execute(select(EngineState.version)).scalar_one() == 1  # saved again, from scratch
+
+
+def test_a_quiet_group_whose_run_another_collector_moved_is_redone_too(sessions):
+    """A group that fires nothing is saved on its own short path (on PostgreSQL: two round trips); a run there
+    whose saved state another collector advanced, or whose saved row went missing, is still evaluated again
+    on the database's state, so no point is lost or doubled."""
+    from sqlalchemy import delete
+
+    store = Collector(sessions)
+    for name in ("x", "y", "z"):
+        Feeder(store, run=name).steps(0, 1, loss=lambda s: 0.5)
+    with sessions() as s:
+        ids = dict(s.execute(select(Run.name, Run.id)).all())
+    here, there = _engine(sessions), _engine(sessions)
+
+    def loss(start, stop):
+        return {"loss": [(s, T0 + s, 0.5) for s in range(start, stop)]}
+
+    assert here.observe_many([(ids[n], loss(0, 10), []) for n in ("x", "y", "z")]) == []
+    there.observe(ids["x"], loss(10, 20), [])  # "here" still caches x's older state
+    with sessions() as s, s.begin():
+        s.execute(delete(EngineState).where(EngineState.run_id == ids["z"]))  # z's row is gone
+    assert here.observe_many([(ids["x"], loss(20, 30), []), (ids["y"], loss(10, 20), []),
+                              (ids["z"], loss(10, 20), [])]) == []
+    with sessions() as s:
+        saved = {r.run_id: r for r in s.execute(select(EngineState)).scalars()}
+    assert {ids["x"]: 3, ids["y"]: 2, ids["z"]: 1} == {rid: saved[rid].version for rid in ids.values()}
+    for name, n in (("x", 30), ("y", 20), ("z", 10)):  # z starts over from the points after its row was lost
+        state = RunState.from_state(ids[name], here.core.index, saved[ids[name]].state)
+        assert state.buffers["loss"].n == n

@@ -29,6 +29,7 @@ from txwatch.rules.persistence import (
     DiagnosisChange,
     apply_transitions,
     load_state_blob,
+    lock_and_save_pipelined,
     lock_state_row,
     lock_state_rows,
     save_states,
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 STATE_CACHE_RUNS = 512  # runs whose state stays in memory between batches; others reload from the database
 LOCK_STRIPES = 64  # per-run serialization inside one process without a lock object per run
 ERROR_LOG_INTERVAL_S = 60.0  # a failing run is logged at most this often
+_WRITES_ROWS = frozenset({"fire", "update", "resolve"})  # transitions with a diagnoses row to write
 OPTIMISTIC_TRIES = 2  # evaluations without the lock before one that holds it (conflicts need two collectors)
 RUNNING_STATUSES = ("running", "stalled")  # statuses of a run that has not ended
 # a run whose process died without a word (kill -9, the kernel's OOM killer) is "vanished": it never ended
@@ -87,6 +89,8 @@ class RuleEngine:
         self._cache_lock = threading.Lock()
         self._stripes = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._last_error_log: dict[int, float] = {}
+        # on PostgreSQL a group's states are saved in two round trips when it writes no diagnosis
+        self._pipelined = session_factory.kw["bind"].dialect.name == "postgresql"
 
     # ------------------------------------------------------------ ingest
 
@@ -162,6 +166,8 @@ class RuleEngine:
         changes: list[DiagnosisChange] = []
         again: list = []
         saved: list[RunState] = []
+        if self._pipelined and not any(t.kind in _WRITES_ROWS for _, _, transitions in prepared for t in transitions):
+            return self._save_pipelined(prepared)
         try:
             with self.session_factory() as session, session.begin():
                 versions = lock_state_rows(session, [item[0] for item, _, _ in prepared],
@@ -174,18 +180,39 @@ class RuleEngine:
                     saved.append(state)
                 save_states(session, saved, versions)
         except Exception:
-            # nothing was saved, but the states advanced in memory: drop them and evaluate one by one
-            log.info("saving %d runs' rule states together failed; evaluating them one by one", len(prepared),
-                     exc_info=True)
-            for item, _, _ in prepared:
-                self._forget(item[0])
-            return [], [item for item, _, _ in prepared]
-        for state in saved:
-            self._remember(state)
-        for item in again:
-            self._forget(item[0])
-            metrics.CONFLICTS.inc()
+            return [], self._save_failed(prepared)
+        self._settle(prepared, {state.run_id for state in saved})
         return changes, again
+
+    def _save_pipelined(self, prepared: list) -> tuple[list[DiagnosisChange], list]:
+        """``_observe_group``'s saving for a group whose transitions write no diagnosis row (the usual case:
+        nothing fired, updated or resolved), in two round trips. Returns no changes, and the items whose
+        state another collector moved meanwhile (to evaluate again)."""
+        states = [state for _, state, _ in prepared]
+        try:
+            with self.session_factory.kw["bind"].connect() as conn:
+                kept = lock_and_save_pipelined(conn, states, saved={s.run_id for s in states if s.version > 0})
+        except Exception:
+            return [], self._save_failed(prepared)
+        self._settle(prepared, kept)
+        return [], [item for item, state, _ in prepared if state.run_id not in kept]
+
+    def _save_failed(self, prepared: list) -> list:
+        """Nothing was saved, but the states advanced in memory: drop them; the items, to evaluate one by one."""
+        log.info("saving %d runs' rule states together failed; evaluating them one by one", len(prepared),
+                 exc_info=True)
+        for item, _, _ in prepared:
+            self._forget(item[0])
+        return [item for item, _, _ in prepared]
+
+    def _settle(self, prepared: list, saved: set[int]) -> None:
+        """Keep the saved states cached; drop the others (another collector moved them: evaluated again)."""
+        for item, state, _ in prepared:
+            if state.run_id in saved:
+                self._remember(state)
+            else:
+                self._forget(item[0])
+                metrics.CONFLICTS.inc()
 
     def _observe(self, run_id: int, series: dict[str, list[Any]], events: list) -> list[DiagnosisChange]:
         # Optimistic first: evaluate without holding any database lock (on SQLite a write transaction blocks

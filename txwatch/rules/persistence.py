@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -23,6 +23,7 @@ from txwatch.rules.core import Transition
 from txwatch.rules.state import RunState
 from txwatch.store.codec import json_safe
 from txwatch.store.models import RUN_LAYER_NONE, Diagnosis, EngineState
+from txwatch.store.pipelined import transaction
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,48 @@ def save_states(session: Session, states: list[RunState], versions: dict[int, in
     )
     for s in states:
         s.version = versions[s.run_id] + 1
+
+
+# PostgreSQL, pipeline mode (see ``lock_and_save_pipelined``)
+_LOCK_VERSIONS_PG = (
+    "SELECT run_id, version FROM engine_state WHERE run_id = ANY(%b::int4[]) ORDER BY run_id FOR UPDATE"
+)
+_INSERT_STATES_PG = (
+    "INSERT INTO engine_state (run_id, state, version, updated) "
+    "SELECT r, '{}'::json, 0, %b::timestamptz FROM unnest(%b::int4[]) AS u(r) ON CONFLICT (run_id) DO NOTHING"
+)
+_SAVE_STATE_PG = "UPDATE engine_state SET state = %s, version = %s, updated = %s WHERE run_id = %s"
+
+
+def lock_and_save_pipelined(conn: Connection, states: list[RunState], saved: Iterable[int] = ()) -> set[int]:
+    """PostgreSQL: ``lock_state_rows`` and ``save_states`` in one transaction of two round trips (psycopg's
+    pipeline mode), for an evaluation that writes no diagnosis. The rows of runs not in ``saved`` are created
+    first; all are locked in run id order; each state whose row still holds the version it was evaluated on
+    is saved (its ``version`` becomes the new one). Returns the run ids saved; the others were moved by
+    another collector meanwhile. ``conn`` must not be in a transaction. Raises SQLAlchemy's ``DBAPIError``.
+
+    The engine otherwise spends four round trips (BEGIN, lock, save, COMMIT) on each group it evaluates: with
+    100 runs sending a batch a second, most of its time.
+    """
+    from psycopg.types.json import Json  # here: SQLite users never load psycopg
+
+    ids = sorted(s.run_id for s in states)
+    new = sorted(set(ids) - set(saved))
+    now = datetime.now(timezone.utc)
+    with transaction(conn, "pipelined rule state save") as dbapi:
+        cur = dbapi.cursor()
+        if new:
+            cur.execute(_INSERT_STATES_PG, (now, new))
+        lock = dbapi.cursor()
+        lock.execute(_LOCK_VERSIONS_PG, (ids,))
+        versions = {int(rid): int(version) for rid, version in lock.fetchall()}  # first round trip
+        keep = [s for s in sorted(states, key=lambda s: s.run_id) if versions.get(s.run_id) == s.version]
+        if keep:
+            cur.executemany(_SAVE_STATE_PG, [(Json(s.to_state()), s.version + 1, now, s.run_id) for s in keep])
+        dbapi.commit()  # second round trip
+    for s in keep:
+        s.version += 1
+    return {s.run_id for s in keep}
 
 
 def next_episode(session: Session, run_id: int, rule_id: str, layer: str) -> int:
