@@ -204,14 +204,14 @@ def test_concurrent_batches_are_written_together_each_caller_told_its_own_result
 def test_a_batch_that_cannot_be_stored_fails_alone(sessions, monkeypatch, caplog):
     caplog.set_level("INFO", logger="txwatch.collector.core")
     c = Collector(sessions)
-    write_many = c.writer.write_many
+    run_changes = c.writer.run_changes
 
-    def fail_for_run_bad(conn, items, now):
-        if any(b.run == "bad" for _, b, _ in items):
+    def fail_for_run_bad(run, b, now, max_step):  # late in the transaction, on either write path
+        if b.run == "bad":
             raise RuntimeError("the database refused run 'bad'")
-        return write_many(conn, items, now)
+        return run_changes(run, b, now, max_step)
 
-    monkeypatch.setattr(c.writer, "write_many", fail_for_run_bad)
+    monkeypatch.setattr(c.writer, "run_changes", fail_for_run_bad)
     bodies = [batch(run=f"good{k}", series=steps("loss", 0, 5)) for k in range(12)]
     bodies.insert(5, batch(run="bad", series=steps("loss", 0, 5)))
     results = []

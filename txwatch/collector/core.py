@@ -226,8 +226,12 @@ class Collector:
             else:
                 ids[key] = run_id
         if new:
-            with self.engine.begin() as conn:
-                created = self.writer.ensure_runs(conn, new, now)
+            if self.writer.dialect == "postgresql":
+                with self.engine.connect() as conn:
+                    created = pipelined.ensure_runs(conn, new, now)
+            else:
+                with self.engine.begin() as conn:
+                    created = self.writer.ensure_runs(conn, new, now)
             with self._cache_lock:
                 if len(self._runs) + len(created) > RUN_CACHE_MAX:
                     self._runs.clear()

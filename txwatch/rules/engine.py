@@ -29,13 +29,14 @@ from txwatch.rules.persistence import (
     DiagnosisChange,
     apply_transitions,
     load_state_blob,
+    load_states,
     lock_and_save_pipelined,
     lock_state_row,
     lock_state_rows,
     save_states,
 )
 from txwatch.rules.state import RunState
-from txwatch.store.models import RUN_LAYER_NONE, Diagnosis, EngineState, Run
+from txwatch.store.models import RUN_LAYER_NONE, Diagnosis, Run
 
 log = logging.getLogger(__name__)
 
@@ -259,10 +260,7 @@ class RuleEngine:
         missing = sorted({run_id for run_id in run_ids if run_id not in out})
         if not missing:
             return out
-        with self.session_factory() as session:
-            saved = {int(rid): (int(version), blob) for rid, version, blob in session.execute(
-                select(EngineState.run_id, EngineState.version, EngineState.state)
-                .where(EngineState.run_id.in_(missing)))}
+        saved = load_states(self.session_factory.kw["bind"], missing)
         for run_id in missing:
             version, blob = saved.get(run_id, (0, None))  # a new run has no saved state
             state = self._cached(run_id, version)

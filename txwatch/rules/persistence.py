@@ -65,6 +65,9 @@ _LOCK_VERSIONS = (
     .order_by(_STATE.c.run_id)
     .with_for_update()
 )
+_READ_STATES = select(_STATE.c.run_id, _STATE.c.version, _STATE.c.state).where(
+    _STATE.c.run_id.in_(bindparam("ids", expanding=True)))
+_READ_STATES_PG = "SELECT run_id, version, state FROM engine_state WHERE run_id = ANY(%b::int4[])"
 _SAVE_STATE = (
     _STATE.update()
     .where(_STATE.c.run_id == bindparam("rid"))
@@ -111,6 +114,22 @@ def _insert_state_rows(session: Session, run_ids: list[int]) -> None:
 def _lock_versions(session: Session, run_ids: list[int]) -> dict[int, int]:
     rows = session.connection().execute(_LOCK_VERSIONS, {"ids": run_ids})
     return {int(rid): int(version) for rid, version in rows}
+
+
+def load_states(engine: Any, run_ids: list[int]) -> dict[int, tuple[int, dict[str, Any]]]:
+    """The saved (version, state) of those runs that have one. On PostgreSQL in one round trip (a session
+    would spend three: BEGIN, the query, ROLLBACK), which a group of new runs, or a restarted collector's
+    first groups, pay for every run."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn, transaction(conn, "rule state read") as dbapi:
+            cur = dbapi.cursor()
+            cur.execute(_READ_STATES_PG, (sorted(run_ids),))
+            dbapi.rollback()
+            rows = cur.fetchall()
+    else:
+        with engine.connect() as conn:
+            rows = conn.execute(_READ_STATES, {"ids": sorted(run_ids)}).all()
+    return {int(rid): (int(version), blob) for rid, version, blob in rows}
 
 
 def load_state_blob(session: Session, run_id: int) -> dict[str, Any] | None:

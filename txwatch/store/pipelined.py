@@ -8,10 +8,12 @@ phase's statements go out together and are answered together:
 1. claim the batches (``batches`` rows) and lock their series and runs, whose rows the writes are planned from;
 2. points, rollups, series counters, run rows, COMMIT.
 
-The statements, the lock order (series by id, then runs by id) and the rows written are the classic path's
-(``BatchWriter.write_many``); only the transport differs. ``store`` declines (returns None, having written
-nothing) when the classic path is the better one: a series without an id yet, a group too large for bound
-arrays (COPY is cheaper), or a batch rewriting steps already stored (rare: it needs reads between writes).
+New series are created in the first round trip (and locked by run and name); new runs beforehand, with
+``ensure_runs``, in one round trip for the whole group. The statements, the lock order (series by id, then runs
+by id) and the rows written are the classic path's (``BatchWriter.write_many``); only the transport differs.
+``store`` declines (returns None, having written nothing) when the classic path is the better one: a group too
+large for bound arrays (COPY is cheaper), or a batch rewriting steps already stored (rare: it needs reads
+between writes).
 """
 
 from __future__ import annotations
@@ -47,6 +49,30 @@ _CLAIM = (
 _RUNS_LOCK = (  # the columns BatchWriter.run_changes reads; FOR NO KEY UPDATE, as the classic path
     "SELECT id, status, steps, config, info, ended, client_stats, started FROM runs WHERE id = ANY(%b::int4[]) "
     "ORDER BY id FOR NO KEY UPDATE"
+)
+_PROJECTS_INSERT = (
+    "INSERT INTO projects (name, created) SELECT n, %b::timestamptz FROM unnest(%b::text[]) AS u(n) "
+    "ON CONFLICT (name) DO NOTHING"
+)
+_RUNS_INSERT = (  # the classic path's new run row (BatchWriter.ensure_runs), in (project, run) order
+    "INSERT INTO runs (project_id, name, config, info, status, started, last_seen, steps, client_stats) "
+    "SELECT p.id, u.name, '{}'::json, '{}'::json, 'running', u.started, %b::timestamptz, 0, '{}'::json "
+    "FROM unnest(%b::text[], %b::text[], %b::timestamptz[]) AS u(project, name, started) "
+    "JOIN projects p ON p.name = u.project ORDER BY u.project, u.name "
+    "ON CONFLICT (project_id, name) DO NOTHING"
+)
+_RUN_IDS = (
+    "SELECT r.id, p.name, r.name FROM runs r JOIN projects p ON p.id = r.project_id "
+    "JOIN unnest(%b::text[], %b::text[]) AS w(project, name) ON p.name = w.project AND r.name = w.name"
+)
+_SERIES_INSERT = (
+    "INSERT INTO series (run_id, name, points) SELECT r, n, 0 FROM unnest(%b::int4[], %b::text[]) AS u(r, n) "
+    "ON CONFLICT (run_id, name) DO NOTHING"
+)
+_SERIES_LOCK_BY_NAME = (  # a group with new series: locked by run and name, which also gives their ids
+    "SELECT s.id, s.run_id, s.name, s.last_step, s.last_value, s.last_time, s.downsampled_before FROM series s "
+    "JOIN unnest(%b::int4[], %b::text[]) AS w(run_id, name) ON s.run_id = w.run_id AND s.name = w.name "
+    "ORDER BY s.id FOR NO KEY UPDATE OF s"
 )
 _POINTS = (
     "INSERT INTO points (step, time, value, series_id) "
@@ -93,16 +119,33 @@ def transaction(conn: Connection, what: str) -> Iterator[Any]:
 
 
 def eligible(items: list[tuple[int, Batch, dict[str, int]]]) -> bool:
-    """Whether ``store`` can take the group before it is tried: every series has an id, and it is small."""
+    """Whether the group is small enough for ``store`` (larger ones are cheaper by COPY)."""
     points = pairs = 0
-    for _, batch, known in items:
-        for name, pts in batch.series.items():
+    for _, batch, _ in items:
+        for pts in batch.series.values():
             if pts:
-                if name not in known:
-                    return False
                 pairs += 1
                 points += len(pts)
     return points <= MAX_POINTS and pairs <= MAX_SERIES
+
+
+def ensure_runs(conn: Connection, batches: list[Batch], now: datetime) -> dict[tuple[str, str], int]:
+    """``BatchWriter.ensure_runs`` in one round trip: the ids of the batches' runs, creating the projects and
+    runs that are new, committed. ``conn`` must not be in a transaction."""
+    from txwatch.store.ingest import _started
+
+    first: dict[tuple[str, str], Batch] = {}
+    for b in batches:
+        first.setdefault((b.project, b.run), b)
+    keys = sorted(first)
+    with transaction(conn, "pipelined run lookup") as dbapi:
+        cur, ids = dbapi.cursor(), dbapi.cursor()
+        cur.execute(_PROJECTS_INSERT, (now, sorted({p for p, _ in keys})))
+        cur.execute(_RUNS_INSERT, (now, [p for p, _ in keys], [r for _, r in keys],
+                                   [_started(first[k], now) for k in keys]))
+        ids.execute(_RUN_IDS, ([p for p, _ in keys], [r for _, r in keys]))
+        dbapi.commit()  # the one round trip: everything above, and COMMIT
+        return {(project, name): rid for rid, project, name in ids.fetchall()}
 
 
 def store(
@@ -116,26 +159,37 @@ def store(
     does, so the collector's retries apply unchanged.
     """
     claim = sorted(((run_id, b.rank, b.seq, b.point_count()) for run_id, b, _ in items), key=lambda c: c[:3])
-    series_ids = sorted(
-        known[name] for _, batch, known in items for name, pts in batch.series.items() if pts
-    )
+    wanted = sorted((run_id, name) for run_id, batch, _ in items for name, pts in batch.series.items() if pts)
+    known = {run_id: ids for run_id, _, ids in items}
+    missing = [(run_id, name) for run_id, name in wanted if name not in known[run_id]]
     run_ids = sorted(run_id for run_id, _, _ in items)
     with transaction(conn, "pipelined ingest") as dbapi:
         claim_cur, series_cur, runs_cur = dbapi.cursor(), dbapi.cursor(), dbapi.cursor()
         claim_cur.execute(_CLAIM, (now, *map(list, zip(*claim))))
-        series_cur.execute(_SERIES_LOCK_PG, (series_ids,))
+        ids: dict[int, dict[str, int]] = {run_id: {} for run_id in run_ids}
+        if missing:  # created in name order, as the classic path does
+            series_cur.execute(_SERIES_INSERT, ([r for r, _ in missing], [n for _, n in missing]))
+            series_cur.execute(_SERIES_LOCK_BY_NAME, ([r for r, _ in wanted], [n for _, n in wanted]))
+        else:
+            series_cur.execute(_SERIES_LOCK_PG, (sorted(known[r][n] for r, n in wanted),))
         runs_cur.execute(_RUNS_LOCK, (run_ids,))
         claimed = {tuple(r) for r in claim_cur.fetchall()}  # the first round trip ends here
-        old = {sid: tuple(rest) for sid, *rest in series_cur.fetchall()}
+        old = {}
+        for row in series_cur.fetchall():
+            if missing:
+                sid, run_id, name, *rest = row
+                ids[run_id][name] = sid
+            else:
+                sid, *rest = row
+            old[sid] = tuple(rest)
+        if not missing:
+            ids = {run_id: {n: known[run_id][n] for r, n in wanted if r == run_id} for run_id in run_ids}
         runs = {r[0]: _Run(r) for r in runs_cur.fetchall()}
         new = [item for item in items if (item[0], item[1].rank, item[1].seq) in claimed]
-        all_ids = {
-            i: {name: known[name] for name, pts in batch.series.items() if pts}
-            for i, (_, batch, known) in enumerate(new)
-        }
+        all_ids = {i: ids[run_id] for i, (run_id, _, _) in enumerate(new)}
         plan = plan_writes(new, all_ids, old)
         if plan.rewrites:
-            dbapi.rollback()  # nothing was written but the claims: the classic path counts and upserts
+            dbapi.rollback()  # nothing was written but claims and series: the classic path counts and upserts
             return None
         cur = dbapi.cursor()
         if plan.fresh_rows:
