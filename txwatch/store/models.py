@@ -13,7 +13,6 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Double,
-    Float,
     ForeignKey,
     Index,
     Integer,
