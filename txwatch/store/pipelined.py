@@ -33,6 +33,7 @@ from txwatch.store.ingest import (
     _SERIES_UPDATE_PG,
     BatchWriter,
     Written,
+    _started,
     plan_writes,
 )
 
@@ -132,8 +133,6 @@ def eligible(items: list[tuple[int, Batch, dict[str, int]]]) -> bool:
 def ensure_runs(conn: Connection, batches: list[Batch], now: datetime) -> dict[tuple[str, str], int]:
     """``BatchWriter.ensure_runs`` in one round trip: the ids of the batches' runs, creating the projects and
     runs that are new, committed. ``conn`` must not be in a transaction."""
-    from txwatch.store.ingest import _started
-
     first: dict[tuple[str, str], Batch] = {}
     for b in batches:
         first.setdefault((b.project, b.run), b)
