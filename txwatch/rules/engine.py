@@ -164,11 +164,11 @@ class RuleEngine:
                 metrics.ERRORS.labels(stage="observe").inc()
                 self._log_error(run_id, "rule evaluation failed for run %s; its diagnoses may lag", run_id)
         prepared.sort(key=lambda p: p[0][0])
+        if self._pipelined and not any(t.kind in _WRITES_ROWS for _, _, transitions in prepared for t in transitions):
+            return self._save_pipelined(prepared)
         changes: list[DiagnosisChange] = []
         again: list = []
         saved: list[RunState] = []
-        if self._pipelined and not any(t.kind in _WRITES_ROWS for _, _, transitions in prepared for t in transitions):
-            return self._save_pipelined(prepared)
         try:
             with self.session_factory() as session, session.begin():
                 versions = lock_state_rows(session, [item[0] for item, _, _ in prepared],

@@ -460,14 +460,20 @@ class BatchWriter:
         rows = {}
         for chunk in _chunks(sorted(run_id for run_id, _, _ in items)):
             rows.update((r.id, r) for r in conn.execute(self._run_stmt, {"rids": chunk}))
-        # runs whose changes touch the same columns are updated by one executemany (one round trip on
-        # PostgreSQL, whose driver pipelines it)
-        by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for changes in self.run_updates(rows, items, now).values():
+            conn.execute(self._run_update, [{"rid": run_id, **values} for run_id, values in changes])
+
+    def run_updates(
+        self, rows: dict[int, Any], items: list[tuple[int, Batch, int | None]], now: datetime
+    ) -> dict[tuple[str, ...], list[tuple[int, dict[str, Any]]]]:
+        """Each batch's changes to its locked run row (``rows``: run id -> row; ``items``: run id, batch, highest
+        step written), in run id order, grouped by the columns they change: runs whose changes touch the same
+        columns are updated by one executemany (one round trip on PostgreSQL, whose driver pipelines it)."""
+        by_columns: dict[tuple[str, ...], list[tuple[int, dict[str, Any]]]] = {}
         for run_id, batch, max_step in sorted(items, key=lambda i: i[0]):
             changes = self.run_changes(rows[run_id], batch, now, max_step)
-            by_columns.setdefault(tuple(sorted(changes)), []).append({"rid": run_id, **changes})
-        for params in by_columns.values():
-            conn.execute(self._run_update, params)
+            by_columns.setdefault(tuple(sorted(changes)), []).append((run_id, changes))
+        return by_columns
 
     @staticmethod
     def run_changes(run: Any, batch: Batch, now: datetime, max_step: int | None) -> dict[str, Any]:

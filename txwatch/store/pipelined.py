@@ -165,12 +165,14 @@ def store(
     with transaction(conn, "pipelined ingest") as dbapi:
         claim_cur, series_cur, runs_cur = dbapi.cursor(), dbapi.cursor(), dbapi.cursor()
         claim_cur.execute(_CLAIM, (now, *map(list, zip(*claim))))
-        ids: dict[int, dict[str, int]] = {run_id: {} for run_id in run_ids}
+        ids: dict[int, dict[str, int]] = {run_id: {} for run_id in run_ids}  # filled from the lock if missing
         if missing:  # created in name order, as the classic path does
             series_cur.execute(_SERIES_INSERT, ([r for r, _ in missing], [n for _, n in missing]))
             series_cur.execute(_SERIES_LOCK_BY_NAME, ([r for r, _ in wanted], [n for _, n in wanted]))
         else:
-            series_cur.execute(_SERIES_LOCK_PG, (sorted(known[r][n] for r, n in wanted),))
+            for r, n in wanted:
+                ids[r][n] = known[r][n]
+            series_cur.execute(_SERIES_LOCK_PG, (sorted(sid for names in ids.values() for sid in names.values()),))
         runs_cur.execute(_RUNS_LOCK, (run_ids,))
         claimed = {tuple(r) for r in claim_cur.fetchall()}  # the first round trip ends here
         old = {}
@@ -181,8 +183,6 @@ def store(
             else:
                 sid, *rest = row
             old[sid] = tuple(rest)
-        if not missing:
-            ids = {run_id: {n: known[run_id][n] for r, n in wanted if r == run_id} for run_id in run_ids}
         runs = {r[0]: _Run(r) for r in runs_cur.fetchall()}
         new = [item for item in items if (item[0], item[1].rank, item[1].seq) in claimed]
         all_ids = {i: ids[run_id] for i, (run_id, _, _) in enumerate(new)}
@@ -206,16 +206,13 @@ def store(
 
 
 def _update_runs(cur: Any, writer: BatchWriter, runs: dict[int, _Run], new: list, written: dict, now) -> None:
-    """The run rows' changes, one executemany per set of changed columns (as ``BatchWriter._update_runs``)."""
+    """``BatchWriter._update_runs`` on the pipeline: one executemany per set of changed columns."""
     from psycopg.types.json import Json
 
-    by_columns: dict[tuple[str, ...], list[tuple]] = {}
-    for i, (run_id, batch, _) in sorted(enumerate(new), key=lambda e: e[1][0]):
-        changes = writer.run_changes(runs[run_id], batch, now, written[i].max_step)
-        columns = tuple(sorted(changes))
-        values = tuple(Json(changes[c]) if c in _JSON_COLUMNS and changes[c] is not None else changes[c]
-                       for c in columns)
-        by_columns.setdefault(columns, []).append((*values, run_id))
-    for columns, params in by_columns.items():
+    items = [(run_id, batch, written[i].max_step) for i, (run_id, batch, _) in enumerate(new)]
+    for columns, changes in writer.run_updates(runs, items, now).items():
+        params = [
+            (*(Json(v[c]) if c in _JSON_COLUMNS and v[c] is not None else v[c] for c in columns), run_id)
+            for run_id, v in changes
+        ]
         cur.executemany(f"UPDATE runs SET {', '.join(f'{c} = %s' for c in columns)} WHERE id = %s", params)
-
