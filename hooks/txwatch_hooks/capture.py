@@ -12,7 +12,8 @@ post-accumulate-grad hook), which is before any clipping: ``clip_grad_norm_`` ca
 gradient accumulation the last backward before the step wins, i.e. the accumulated gradient. With a
 GradScaler attached (``txwatch_hooks.scaler``) the scale is taken along with them, and the scaler's skipped
 steps are counted in the post-hook. Off-cadence steps cost O(1): one post-accumulate-grad hook on one
-parameter, a forward pre-hook and the two step hooks.
+parameter, the forward watch (``txwatch_hooks.forwards``: nothing on the model between its forwards, so it
+stays picklable and copyable) and the two step hooks.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from torch.autograd import Variable
 
 from txwatch_hooks import wire
+from txwatch_hooks.forwards import EVALUATION, TRAINING, ForwardWatch
 from txwatch_hooks.grads import Snapshot, grad_stats
 from txwatch_hooks.guard import Guard
 from txwatch_hooks.options import Options
@@ -81,6 +83,7 @@ class Capture:
         self._grad_handles: list[Any] = []
         self._busy_end: float | None = None  # when the last forward/backward/step finished
         self._wait = 0.0  # data wait accumulated in the current step
+        self._batch_seen = False  # a batch start was seen in it (a compiled call hides the model's forward)
         self._last_post: float | None = None
         self._bw_queued = False
         self._grads_armed = False  # the coming step is a gradient-sampling step
@@ -88,9 +91,11 @@ class Capture:
         self.scaler: ScalerWatch | None = None
         self._pending_scale: tuple[Any, int | None] = (None, None)  # the scale those gradients carry
         self._snapshot: Snapshot | None = None
+        self._gap_resumes = False  # an evaluation forward interrupted a data-wait gap, which resumes after it
+        self._forward_listeners: list[Callable[[Any, Any, Any, Any], None]] = []
         self._closed = False
-        if model is not None:
-            self._handles.append(model.register_forward_pre_hook(self._on_forward_pre))
+        # nothing on the model itself: it stays picklable and copyable (txwatch_hooks.forwards)
+        self._forwards = ForwardWatch(model, self, guard) if model is not None else None
 
     # -- setup --------------------------------------------------------------------------------------------
 
@@ -126,8 +131,15 @@ class Capture:
         if scaler is not None and (self.scaler is None or self.scaler.scaler is not scaler):
             self.scaler = ScalerWatch(scaler)
 
+    def listen_forward(self, listener: Callable[[Any, Any, Any, Any], None]) -> None:
+        """Call ``listener(module, args, kwargs, output)`` at the end of each training forward of the model."""
+        self._forward_listeners.append(listener)
+
     def close(self) -> None:
         self._closed = True
+        if self._forwards is not None:
+            self._forwards.close()
+        self._forward_listeners = []
         for handle in self._handles + self._grad_handles:
             try:
                 handle.remove()
@@ -150,6 +162,7 @@ class Capture:
 
     def note_batch_start(self) -> None:
         """A batch is in hand and compute starts now (integrations call this; forwards do it too)."""
+        self._batch_seen = True
         busy_end = self._busy_end
         if busy_end is not None:
             self._wait += time.perf_counter() - busy_end
@@ -175,13 +188,33 @@ class Capture:
 
     # -- hooks (training thread, or autograd's threads for backward) ---------------------------------------
 
-    def _on_forward_pre(self, module: Any, args: Any) -> None:
+    def forward_started(self, module: Any, kind: str) -> None:
+        """The model is called (``ForwardWatch``). A training forward ends the wait for data; any other
+        (evaluation, an export's trace) interrupts it: its own time is not waiting on the input pipeline."""
         if self._closed:
             return
         try:
-            self.note_batch_start()
+            if kind == TRAINING:
+                self.note_batch_start()
+            else:
+                self._gap_resumes = kind == EVALUATION and self._busy_end is not None
+                self._busy_end = None
         except Exception as exc:  # pragma: no cover - arithmetic on floats
             self.guard.fail("data-wait timing", exc)
+
+    def forward_ended(self, module: Any, kind: str, args: Any, kwargs: Any, output: Any) -> None:
+        if self._closed:
+            return
+        if kind == EVALUATION and self._gap_resumes:
+            self._gap_resumes = False
+            self._busy_end = time.perf_counter()  # what follows an evaluation batch is waiting again
+        if kind != TRAINING:
+            return
+        for listener in self._forward_listeners:
+            try:
+                listener(module, args, kwargs, output)
+            except Exception as exc:
+                self.guard.fail("forward listener", exc, disable=False)
 
     def _on_grad(self, param: Any) -> None:
         if self._bw_queued or self._closed:
@@ -252,6 +285,7 @@ class Capture:
         self._last_post = now
         self._busy_end = now
         self._wait = 0.0
+        self._batch_seen = False
         self._bw_queued = False
         try:
             self._sampled_points(step, wall, found)
@@ -279,9 +313,10 @@ class Capture:
         if self._last_post is not None:
             step_time = now - self._last_post
             values[wire.STEP_TIME] = step_time
-            values[wire.DATA_WAIT] = self._wait
-            if step_time > 0:
-                values[wire.DATA_WAIT_SHARE] = min(self._wait / step_time, 1.0)
+            if self._batch_seen:  # else unknown, not zero
+                values[wire.DATA_WAIT] = self._wait
+                if step_time > 0:
+                    values[wire.DATA_WAIT_SHARE] = min(self._wait / step_time, 1.0)
         if values:
             self._submit(Points(step, wall, values))
 

@@ -17,7 +17,10 @@ NONFINITE_CHUNK_ELEMENTS = 1 << 25  # 32 M elements (128 MiB in fp32) at most at
 
 
 def _norms(tensors: Sequence[torch.Tensor], ord: int = 2) -> torch.Tensor:
-    """Stacked fp32 norms, one foreach call (``dtype=`` needs a recent torch; older ones cast after)."""
+    """Stacked fp32 norms of one (device, dtype) group, one foreach call (``dtype=`` needs a recent torch;
+    older ones cast after). fp64 is reduced in fp64 (norm's ``dtype`` may not narrow), then sent as fp32."""
+    if tensors[0].dtype == torch.float64:
+        return torch.stack(torch._foreach_norm(tensors, ord)).float()
     try:
         return torch.stack(torch._foreach_norm(tensors, ord, dtype=torch.float32))
     except TypeError:

@@ -268,6 +268,13 @@ class Monitor:
         except Exception as exc:
             self._guard.fail("step sync", exc, disable=False)
 
+    def _listen_forward(self, listener: Any) -> None:
+        """``listener(module, args, kwargs, output)`` after each training forward of the model."""
+        try:
+            self._capture.listen_forward(listener)
+        except Exception as exc:
+            self._guard.fail("forward listener", exc)
+
     def _note_batch_start(self) -> None:
         try:
             self._capture.note_batch_start()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 
-from txwatch_hooks.testing import CollectorStandIn, MemorySender
+from txwatch_hooks.testing import CollectorStandIn, MemorySender, free_port
 
 # Quick batches and no background sampling, so tests see their points at once and stay deterministic.
 FAST = {"schedule_delay_s": 0.02, "system_interval_s": 0, "crash_hooks": False, "close_timeout_s": 5.0}
@@ -64,3 +68,22 @@ def points(sink: MemorySender, name: str) -> dict[int, float]:
     steps = [s for s, _ in pts]
     assert len(steps) == len(set(steps)), f"{name}: a step was sent twice: {steps}"
     return dict(pts)
+
+
+def start_ranks(script: Path, *args: str, world_size: int = 2) -> list[subprocess.Popen]:
+    """``script`` as the ranks of one gloo job on this host (torchrun's environment, its own free port)."""
+    port = free_port()
+    procs = []
+    for rank in range(world_size):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+               "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1"}
+        env.pop("TORCHELASTIC_RUN_ID", None)
+        procs.append(subprocess.Popen([sys.executable, str(script), *args], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def wait_ranks(procs: list[subprocess.Popen], timeout_s: float = 240) -> None:
+    for proc in procs:
+        _, err = proc.communicate(timeout=timeout_s)
+        assert proc.returncode == 0, err

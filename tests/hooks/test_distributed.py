@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from txwatch_hooks.distributed import RankInfo, rank_info, shared_run_name
-from txwatch_hooks.testing import free_port
+from tests.hooks.conftest import start_ranks, wait_ranks
 
 
 def test_rank_from_torchrun_environment(monkeypatch):
@@ -51,19 +48,8 @@ def test_without_a_shared_id_ask_for_a_run_name(monkeypatch, tiny):
 
 @pytest.mark.slow
 def test_ddp_job_reports_one_run_with_all_reduced_gradients(stand_in, tmp_path):
-    port = free_port()
     out = tmp_path / "rank0.json"
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-               "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1"}
-        env.pop("TORCHELASTIC_RUN_ID", None)
-        procs.append(subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("ddp_job.py")), stand_in.url, str(tmp_path), str(out)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for proc in procs:
-        _, err = proc.communicate(timeout=240)
-        assert proc.returncode == 0, err
+    wait_ranks(start_ranks(Path(__file__).with_name("ddp_job.py"), stand_in.url, str(tmp_path), str(out)))
     report = json.loads(out.read_text())
     assert {b["run"] for b in stand_in.batches} == {report["run"]}  # rank 0's generated name, broadcast
     assert {b["rank"] for b in stand_in.batches} == {0, 1}

@@ -31,7 +31,6 @@ class TxwatchCallback(TrainerCallback):
         self._losses: list[torch.Tensor] = []
         self._losses_are_parts = False  # micro-batch losses already divided by the whole step's item count
         self._model_gives_loss = False
-        self._hook: Any = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
@@ -42,8 +41,8 @@ class TxwatchCallback(TrainerCallback):
             options["config"] = _args_config(args)
         self.monitor = watch(model, optimizer, **options)
         self.monitor._set_step(state.global_step)
-        if model is not None:
-            self._hook = model.register_forward_hook(self._on_forward, with_kwargs=True)
+        if model is not None:  # not a hook on the model: it must stay picklable (txwatch_hooks.forwards)
+            self.monitor._listen_forward(self._on_forward)
 
     def _on_forward(self, module: Any, inputs: Any, kwargs: dict, output: Any) -> None:
         try:
@@ -97,9 +96,6 @@ class TxwatchCallback(TrainerCallback):
             self.monitor.log(step=state.global_step, **values)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
         if self.monitor is not None:
             self.monitor._set_step(state.global_step)
             self.monitor.close()
