@@ -20,6 +20,7 @@ from txwatch_hooks.distributed import rank_info, shared_run_name
 from txwatch_hooks.guard import Guard
 from txwatch_hooks.options import Options, resolve_endpoint, resolve_token
 from txwatch_hooks.records import Event, Points
+from txwatch_hooks.roles import RunInfoUpdate, describe, watched_optimizers
 from txwatch_hooks.scaler import check_scaler, find_scaler
 from txwatch_hooks.senders import EmbeddedSender, HttpSender, NullSender, ObjectSender
 from txwatch_hooks.spool import Spool
@@ -106,6 +107,9 @@ class Monitor:
         }
         if model is not None and self.rank == 0 and options.layers:  # the rank that sends per-layer series
             run_info["layers"] = layer_order(model)
+        if model is not None and self.rank == 0:
+            run_info.update(self._roles(model, optimizer))
+        self._run_info = run_info  # what a later run_info update repeats (the collector merges it field by field)
         builder = wire.BatchBuilder(self.run, self.project, self.rank, run_info=run_info)
         self._transport = Transport(builder, sender, spool, options, self._guard)
         if isinstance(sender, NullSender):
@@ -260,6 +264,17 @@ class Monitor:
                 self._capture.attach_scaler(find_scaler(optimizer))
         except Exception as exc:
             self._guard.fail("attaching the optimizer", exc)
+        self._send_roles()
+
+    def _send_roles(self) -> None:
+        """Re-send ``run_info`` when the parameter roles changed (an optimizer attached after the start)."""
+        model = self._capture.model
+        if model is None or self.rank != 0 or self._closed:
+            return
+        roles = self._roles(model, watched_optimizers(self._capture))
+        if roles and any(self._run_info.get(k) != v for k, v in roles.items()):
+            self._run_info = {**self._run_info, **roles}
+            self._transport.submit(RunInfoUpdate(self._run_info))
 
     def _set_step(self, step: int) -> None:
         try:
@@ -294,6 +309,14 @@ class Monitor:
         self.close(self.options.exit_timeout_s)
 
     # -- helpers ------------------------------------------------------------------------------------------
+
+    def _roles(self, model: torch.nn.Module, optimizers: Any) -> dict[str, Any]:
+        """``params`` and ``param_groups`` for run_info (``txwatch_hooks.roles``); empty if that fails."""
+        try:
+            return describe(model, optimizers)
+        except Exception as exc:
+            self._guard.fail("parameter roles", exc)
+            return {}
 
     def _value(self, name: str, value: Any) -> Any:
         if not isinstance(name, str) or not wire.is_metric_name(name):
