@@ -18,6 +18,7 @@ from txwatch_hooks import crash, wire
 from txwatch_hooks.capture import Capture, layer_order, unwrap_optimizer
 from txwatch_hooks.distributed import rank_info, shared_run_name
 from txwatch_hooks.guard import Guard
+from txwatch_hooks.means import StepMeans
 from txwatch_hooks.options import Options, resolve_endpoint, resolve_token
 from txwatch_hooks.records import Event, Points
 from txwatch_hooks.roles import RunInfoUpdate, describe, watched_optimizers
@@ -88,6 +89,7 @@ class Monitor:
         secret = resolve_token(token)
         self.options = options
         self._guard = Guard()
+        self._means = StepMeans()  # log()'s values within one optimizer step
         self._closed = False
         self._close_result = False
         self._crash: tuple[str, dict[str, str], dict[str, Any]] | None = None
@@ -171,6 +173,11 @@ class Monitor:
         Tensors are not read here (no host-device sync): the background worker reads them later. ``loss``
         and ``val_loss`` are the names the built-in rules read. Bad names or values are dropped, counted
         and logged once; nothing raises.
+
+        Without ``step=``, a name logged several times before the next optimizer step (once per
+        micro-batch under gradient accumulation) is stored as the mean of those values, with their number
+        as ``<name>_count`` (``txwatch_hooks.means``); said once in the log. With ``step=``, each call is
+        stored as given (a later value at the same step replaces an earlier one).
         """
         if self._closed or self.rank != 0:
             return
@@ -184,16 +191,22 @@ class Monitor:
                 except (TypeError, ValueError):
                     self._bad("bad-step", "step", step, "a step must be a non-negative integer", len(metrics))
                     return
+                self._submit_means()  # the step being averaged, if any, is complete
                 capture.set_step(step)
             elif capture.optimizer is None:
                 capture.step += 1  # nothing else counts steps: each log() is one
+            now = time.time()
             values: dict[str, Any] = {}
             for name, value in metrics.items():
                 converted = self._value(name, value)
                 if converted is not None:
                     values[name] = converted
+            if step is None:
+                values, done = self._means.split(capture.step, now, values)
+                if done is not None:
+                    self._transport.submit(done)
             if values:
-                self._transport.submit(Points(capture.step, time.time(), values))
+                self._transport.submit(Points(capture.step, now, values))
         except Exception as exc:
             self._guard.fail("log()", exc, disable=False)
 
@@ -201,6 +214,7 @@ class Monitor:
         """Deliver everything logged so far (default timeout: ``close_timeout_s``). True when all arrived."""
         if self._closed:
             return self._close_result
+        self._submit_means()
         try:
             return self._transport.flush(self.options.close_timeout_s if timeout_s is None else timeout_s)
         except Exception as exc:
@@ -221,6 +235,7 @@ class Monitor:
             ("close(): crash hooks", lambda: crash.unregister(self)),
             ("close(): removing hooks", self._capture.close),
             ("close(): system sampler", self._sampler.stop),
+            ("close(): logged means", self._submit_means),
             ("close(): end event", self._submit_end),
         ):
             try:
@@ -275,6 +290,15 @@ class Monitor:
         if roles and any(self._run_info.get(k) != v for k, v in roles.items()):
             self._run_info = {**self._run_info, **roles}
             self._transport.submit(RunInfoUpdate(self._run_info))
+
+    def _submit_means(self) -> None:
+        """Send the means of the step ``log()`` is averaging (``txwatch_hooks.means``), if it has any."""
+        try:
+            done = self._means.take()
+            if done is not None:
+                self._transport.submit(done)
+        except Exception as exc:
+            self._guard.fail("log() means", exc, disable=False)
 
     def _set_step(self, step: int) -> None:
         try:
