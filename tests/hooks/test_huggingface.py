@@ -121,3 +121,29 @@ def test_an_fp16_scaler_is_found_and_its_skipped_step_counted(tmp_path):
     assert sorted(dict(sink.series("update_ratio_max"))) == [1, 4, 6]  # step 2 changed no parameter
     assert dict(sink.series("loss_scale")) == {s: scales.scales[s] for s in (1, 2, 4, 6)}
     assert dict(sink.series("scaler_skipped")) == {1: 0.0, 2: 1.0, 4: 1.0, 6: 1.0}
+
+
+def test_what_the_trainer_logs_is_stored_as_series_without_repeating_loss_or_evaluation(tmp_path):
+    sink = MemorySender()
+    keep = KeepLogs()
+    callback = TxwatchCallback(run="hf-logs", sender=sink, schedule_delay_s=0.02, system_interval_s=0,
+                               crash_hooks=False)
+    trainer = _trainer(tmp_path, [callback, keep])
+    original_log = trainer.log
+
+    def log_with_a_figure_of_ones_own(logs, *args, **kwargs):  # what a Trainer subclass adds to its logs
+        if "grad_norm" in logs:
+            logs = {**logs, "tokens/seen": float(trainer.state.global_step * 32)}
+        return original_log(logs, *args, **kwargs)
+
+    trainer.log = log_with_a_figure_of_ones_own
+    trainer.train()
+    steps = list(range(1, 7))
+    for name, key in (("grad_norm", "grad_norm"), ("learning_rate", "learning_rate"), ("tokens_seen", "tokens/seen")):
+        series = sink.series(name)
+        assert [s for s, _ in series] == steps, name  # each step once
+        assert dict(series) == pytest.approx({s: keep.logs[s][key] for s in steps}, rel=1e-6)
+    assert dict(sink.series("train_runtime")).keys() == {6}  # the end-of-training summary, at its step
+    assert [s for s, _ in sink.series("loss")] == steps  # the model's loss, not again from the logs
+    assert [s for s, _ in sink.series("val_loss")] == [3, 6]  # evaluation only from on_evaluate
+    assert not {n for n in sink.names() if n.startswith("eval_") or n == "epoch"}

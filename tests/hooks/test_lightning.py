@@ -159,3 +159,60 @@ def test_the_standalone_pytorch_lightning_package_works_too():
                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu").fit(Tiny(), _loader())
     assert sorted(dict(sink.series("loss"))) == [1, 2, 3]
     assert [e["status"] for e in sink.events("end")] == ["finished"]
+
+
+class LoggingRegressor(Regressor):
+    """Logs its own training metrics: every batch, on_step and on_epoch, epoch-only, every third batch, and
+    its loss under the name the hooks send themselves. Keeps each micro-batch's values, keyed by step."""
+
+    def __init__(self):
+        super().__init__()
+        self.logged: dict[str, dict[int, list[float]]] = {}
+
+    def _log(self, name, value, **kwargs):
+        self.log(name, value, **kwargs)
+        self.logged.setdefault(name, {}).setdefault(self.global_step + 1, []).append(value.item())
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        prediction = self.net(x)
+        loss = torch.nn.functional.mse_loss(prediction, y)
+        self._log("train/mae", (prediction - y).abs().mean())
+        self._log("acc", (prediction - y).abs().lt(1).float().mean(), on_step=True, on_epoch=True)
+        self._log("epoch_only", loss * 2, on_step=False, on_epoch=True)
+        if batch_idx % 3 == 0:
+            self._log("rare", loss * 3)
+        self._log("loss", loss * 0 + 1234.0)  # not the loss: the returned one is
+        self.losses.setdefault(self.global_step + 1, []).append(loss.item())
+        return loss
+
+
+def _means(per_step):
+    return {s: sum(v) / len(v) for s, v in per_step.items()}
+
+
+def test_metrics_logged_in_training_step_are_series_averaged_over_the_step():
+    sink = MemorySender()
+    callback = TxwatchCallback(run="lightning-logged", sender=sink, schedule_delay_s=0.02, system_interval_s=0,
+                               crash_hooks=False)
+    model = LoggingRegressor()
+    _trainer(callback, accumulate_grad_batches=2).fit(model, _loader(), _loader(16, seed=1))
+    steps = list(range(1, 7))
+    assert points_of(sink, "train_mae") == pytest.approx(_means(model.logged["train/mae"]), rel=1e-5)
+    assert sorted(points_of(sink, "train_mae")) == steps
+    # on_step and on_epoch: the step values, named as Lightning's loggers name them; no epoch aggregates
+    assert points_of(sink, "acc_step") == pytest.approx(_means(model.logged["acc"]), rel=1e-5)
+    assert not {"acc", "acc_epoch", "epoch_only", "epoch_only_epoch"} & sink.names()
+    # a metric logged every third batch only at the steps it was logged in, not repeated in between
+    assert points_of(sink, "rare") == pytest.approx(_means(model.logged["rare"]), rel=1e-5)
+    assert sorted(points_of(sink, "rare")) == [1, 2, 4, 5]  # batches 0 and 3 of each epoch
+    # the returned loss stays the loss series, validation stays at the validation steps
+    assert points_of(sink, "loss") == pytest.approx(_means(model.losses), rel=1e-5)
+    assert sorted(points_of(sink, "val_loss")) == [3, 6]
+
+
+def points_of(sink, name):
+    """step -> value of one series, each step sent once."""
+    pts = sink.series(name)
+    assert len({s for s, _ in pts}) == len(pts), f"{name}: a step was sent twice"
+    return dict(pts)

@@ -3,7 +3,9 @@
 Watches the model and the Trainer's optimizer like ``watch()`` does, and adds what the Trainer knows: the
 per-step training loss (read from the model's output in training mode and combined over gradient-accumulation
 micro-batches the way the Trainer combines them, without a host sync; falls back to the Trainer's logged
-``loss`` when the model returns none), the evaluation metrics (``eval_loss`` -> ``val_loss``, ``eval_X`` -> ``val_X``), ``global_step`` as
+``loss`` when the model returns none), the rest of what the Trainer logs (``grad_norm``, ``learning_rate``, a
+subclass's own ``self.log`` figures, the end-of-training summary) as series of the same names at the step they
+are logged, the evaluation metrics (``eval_loss`` -> ``val_loss``, ``eval_X`` -> ``val_X``), ``global_step`` as
 the step, and the TrainingArguments as the run's config.
 """
 
@@ -14,12 +16,14 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from txwatch_hooks.integrations._common import check_kwargs, metric_name
+from txwatch_hooks.integrations._common import check_kwargs, metric_name, training_metrics
 from txwatch_hooks.monitor import Monitor, watch
 
 __all__ = ["TxwatchCallback"]
 
 _EVAL_SKIP = {"epoch"}
+# in every log: the fractional epoch, a function of the step; the per-step loss is captured from the model
+_LOG_SKIP = {"epoch", "loss"}
 
 
 class TxwatchCallback(TrainerCallback):
@@ -76,10 +80,18 @@ class TxwatchCallback(TrainerCallback):
             monitor.log(step=state.global_step, loss=value)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-        if self.monitor is None or not logs or self._model_gives_loss:
+        monitor = self.monitor
+        if monitor is None or not logs:
             return
-        if isinstance(logs.get("loss"), (int, float)):
-            self.monitor.log(step=state.global_step, loss=float(logs["loss"]))
+        try:
+            numbers = ((k, v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+            values = training_metrics(numbers, skip=_LOG_SKIP)  # evaluation logs: on_evaluate has them
+            if not self._model_gives_loss and isinstance(logs.get("loss"), (int, float)):
+                values["loss"] = float(logs["loss"])  # the model returned none: the Trainer's logged mean
+            if values:
+                monitor.log(step=state.global_step, **values)
+        except Exception as exc:
+            monitor._guard.fail("transformers log capture", exc, disable=False)
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> None:
         if self.monitor is None or not metrics:

@@ -2,7 +2,8 @@
 
 Watches the LightningModule and its (first) optimizer like ``watch()`` does, and adds what Lightning knows:
 the training loss returned by ``training_step`` (averaged over gradient-accumulation micro-batches), the
-GradScaler of ``precision="16-mixed"`` (so gradient norms are unscaled and skipped steps counted), the
+training metrics logged in ``training_step`` (``self.log("train_acc", ...)`` -> ``train_acc``, named as Lightning's
+loggers name them and averaged over the step's micro-batches like the loss), the GradScaler of ``precision="16-mixed"`` (so gradient norms are unscaled and skipped steps counted), the
 metrics logged during validation (``self.log("val_loss", ...)`` -> ``val_loss``), the trainer's
 ``global_step`` as the step, and how ``fit`` ended (``on_exception`` reports crashes and OOMs).
 Works with ``lightning.pytorch`` and, when that is not installed, with ``pytorch_lightning``.
@@ -19,7 +20,7 @@ except ImportError:  # the standalone package
 
 import torch
 
-from txwatch_hooks.integrations._common import check_kwargs, metric_name
+from txwatch_hooks.integrations._common import check_kwargs, is_validation, metric_name, training_metrics
 from txwatch_hooks.monitor import Monitor, watch
 from txwatch_hooks.scaler import scaler_in
 
@@ -34,8 +35,9 @@ class TxwatchCallback(Callback):
         super().__init__()
         self.watch_kwargs = check_kwargs(watch_kwargs)
         self.monitor: Monitor | None = None
-        self._losses: list[torch.Tensor] = []
+        self._pending: dict[str, list[torch.Tensor]] = {}  # the step's loss and logged metrics, per micro-batch
         self._loss_step = -1
+        self._seen: dict[str, torch.Tensor] = {}  # the step metrics read at the previous batch
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -50,7 +52,7 @@ class TxwatchCallback(Callback):
         optimizers = list(getattr(trainer, "optimizers", None) or [])
         self.monitor = watch(pl_module, optimizers[0] if optimizers else None, **kwargs)
         self.monitor._set_step(trainer.global_step)
-        self._losses, self._loss_step = [], trainer.global_step
+        self._pending, self._loss_step = {}, trainer.global_step
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         optimizers = list(getattr(trainer, "optimizers", None) or [])
@@ -78,26 +80,38 @@ class TxwatchCallback(Callback):
         if monitor is None:
             return
         try:
-            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-            if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-                loss = loss.detach()
-                accumulate = getattr(trainer, "accumulate_grad_batches", 1) or 1
-                if getattr(pl_module, "automatic_optimization", True) and accumulate > 1:
-                    loss = loss * accumulate  # Lightning hands back loss / accumulate_grad_batches
-                self._losses.append(loss)
-            if trainer.global_step != self._loss_step:  # an optimizer step happened: its loss is complete
+            step_metrics = self._fresh(_step_metrics(trainer))
+            logged = training_metrics(step_metrics.items())
+            loss = _returned_loss(trainer, pl_module, outputs)
+            if loss is None:
+                loss = step_metrics.get("loss")  # a training_step that logs its loss and returns none
+            if loss is not None:
+                logged["loss"] = loss
+            for name, value in logged.items():
+                self._pending.setdefault(name, []).append(value.detach())
+            if trainer.global_step != self._loss_step:  # an optimizer step happened: its values are complete
                 self._flush_loss(trainer)
         except Exception as exc:
-            monitor._guard.fail("Lightning loss capture", exc, disable=False)
+            monitor._guard.fail("Lightning training capture", exc, disable=False)
+
+    def _fresh(self, step_metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The values logged in this batch: Lightning keeps a metric's last value until it is logged again,
+        so one logged every 10 batches would otherwise repeat on the 9 between. Each log stores a new copy,
+        and each read hands out a new view of it: a value is new when its memory is (a host-side address)."""
+        fresh = {k: v for k, v in step_metrics.items()
+                 if k not in self._seen or self._seen[k].data_ptr() != v.data_ptr()}
+        self._seen = step_metrics  # held, so the memory of a value seen cannot be reused by a new one
+        return fresh
 
     def _flush_loss(self, trainer: Any) -> None:
-        if self.monitor is None or not self._losses:
-            self._loss_step = trainer.global_step
-            return
-        losses, self._losses = self._losses, []
-        value = losses[0] if len(losses) == 1 else torch.stack(losses).float().mean()  # on the device
-        self.monitor.log(step=trainer.global_step, loss=value)
+        """Log the finished step's loss and metrics: each the mean of its micro-batches' values, on the device."""
+        pending, self._pending = self._pending, {}
         self._loss_step = trainer.global_step
+        if self.monitor is None or not pending:
+            return
+        values = {name: v[0] if len(v) == 1 else torch.stack([x.float() for x in v]).mean()
+                  for name, v in pending.items()}
+        self.monitor.log(step=trainer.global_step, **values)
 
     # -- validation ---------------------------------------------------------------------------------------
 
@@ -108,7 +122,7 @@ class TxwatchCallback(Callback):
         try:
             values = {}
             for key, value in dict(trainer.callback_metrics).items():
-                if not str(key).startswith(("val", "valid", "eval")):
+                if not is_validation(str(key)):
                     continue
                 name = metric_name(str(key))
                 if name is not None:
@@ -117,6 +131,34 @@ class TxwatchCallback(Callback):
                 monitor.log(step=trainer.global_step, **values)
         except Exception as exc:
             monitor._guard.fail("Lightning validation capture", exc, disable=False)
+
+
+def _returned_loss(trainer: Any, pl_module: Any, outputs: Any) -> torch.Tensor | None:
+    """The loss ``training_step`` returned for this micro-batch, undoing Lightning's division by the number
+    of accumulated batches; None when it returned none."""
+    loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        return None
+    accumulate = getattr(trainer, "accumulate_grad_batches", 1) or 1
+    if getattr(pl_module, "automatic_optimization", True) and accumulate > 1:
+        return loss.detach() * accumulate  # Lightning hands back loss / accumulate_grad_batches
+    return loss.detach()
+
+
+def _step_metrics(trainer: Any) -> dict[str, torch.Tensor]:
+    """What ``self.log`` recorded for the current training batch, under the names Lightning's loggers use
+    (``acc_step`` for a metric also logged on_epoch). Read from the training results themselves: the public
+    ``callback_metrics`` also keeps epoch aggregates and validation values, which would repeat every step."""
+    results = getattr(trainer, "_results", None)
+    if results is None or not hasattr(results, "metrics"):
+        return {}
+    chosen: dict[int, tuple[str, torch.Tensor]] = {}  # on_step + on_epoch: one value under two names
+    for key, value in results.metrics(True)["callback"].items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            kept = chosen.get(value.data_ptr())
+            if kept is None or len(key) > len(kept[0]):
+                chosen[value.data_ptr()] = (key, value)
+    return dict(chosen.values())
 
 
 def _hparams(pl_module: Any) -> dict[str, Any]:
