@@ -209,6 +209,11 @@ def test_metrics_logged_in_training_step_are_series_averaged_over_the_step():
     # the returned loss stays the loss series, validation stays at the validation steps
     assert points_of(sink, "loss") == pytest.approx(_means(model.losses), rel=1e-5)
     assert sorted(points_of(sink, "val_loss")) == [3, 6]
+    info = sink.batches[0]["run_info"]  # the optimizer Lightning made: in the first run_info's roles
+    assert [(g["optimizer_class"], g["lr"]) for g in info["param_groups"]] == [("SGD", 0.05)]
+    assert [(p["name"], p["kind"], p["group"]) for p in info["params"]] == [
+        ("net.0.weight", "weight", 0), ("net.0.bias", "bias", 0), ("net.2.weight", "weight", 0),
+        ("net.2.bias", "bias", 0)]
 
 
 def points_of(sink, name):

@@ -109,9 +109,12 @@ class TxwatchCallback(Callback):
         self._loss_step = trainer.global_step
         if self.monitor is None or not pending:
             return
-        values = {name: v[0] if len(v) == 1 else torch.stack([x.float() for x in v]).mean()
-                  for name, v in pending.items()}
-        self.monitor.log(step=trainer.global_step, **values)
+        try:
+            values = {name: v[0] if len(v) == 1 else torch.stack([x.float() for x in v]).mean()
+                      for name, v in pending.items()}
+            self.monitor.log(step=trainer.global_step, **values)
+        except Exception as exc:  # on_fit_end calls this too: nothing may reach the user's fit()
+            self.monitor._guard.fail("Lightning training capture", exc, disable=False)
 
     # -- validation ---------------------------------------------------------------------------------------
 
