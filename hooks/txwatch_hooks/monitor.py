@@ -286,10 +286,13 @@ class Monitor:
         model = self._capture.model
         if model is None or self.rank != 0 or self._closed:
             return
-        roles = self._roles(model, watched_optimizers(self._capture))
-        if roles and any(self._run_info.get(k) != v for k, v in roles.items()):
-            self._run_info = {**self._run_info, **roles}
-            self._transport.submit(RunInfoUpdate(self._run_info))
+        try:
+            roles = self._roles(model, watched_optimizers(self._capture))
+            if roles and any(self._run_info.get(k) != v for k, v in roles.items()):
+                self._run_info = {**self._run_info, **roles}
+                self._transport.submit(RunInfoUpdate(self._run_info))
+        except Exception as exc:
+            self._guard.fail("parameter roles", exc, disable=False)
 
     def _submit_means(self) -> None:
         """Send the means of the step ``log()`` is averaging (``txwatch_hooks.means``), if it has any."""

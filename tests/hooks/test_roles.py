@@ -172,3 +172,19 @@ def test_roles_reach_the_store_and_an_update_keeps_the_other_run_info():
     assert [g["lr"] for g in info["param_groups"]] == [1e-3, 1e-3, 0.0]
     assert _roles_by_name(info)["transformer.wte.weight"]["aliases"] == ["lm_head.weight"]
     assert info["world_size"] == 1 and info["layers"][0] == "transformer.wte.weight"
+
+
+def test_roles_that_fail_leave_the_run_and_the_training_alone(sink, monkeypatch, caplog):
+    def boom(*args, **kwargs):
+        raise RuntimeError("roles exploded")
+
+    monkeypatch.setattr(txwatch_hooks.monitor, "describe", boom)
+    model = _gpt2()
+    opt = _fine_tuning_optimizer(model)
+    with txwatch_hooks.watch(model, sender=sink, **FAST) as monitor:
+        monitor._attach_optimizer(opt)  # the late path fails too
+        _train_lm(model, opt, monitor, steps=2)
+    info = sink.batches[0]["run_info"]
+    assert "params" not in info and info["layers"][0] == "transformer.wte.weight"
+    assert sorted(dict(sink.series("loss"))) == [1, 2]
+    assert sum("parameter roles failed" in r.getMessage() for r in caplog.records) == 1
