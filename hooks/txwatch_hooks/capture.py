@@ -28,9 +28,9 @@ from torch.autograd import Variable
 
 from txwatch_hooks import wire
 from txwatch_hooks.forwards import EVALUATION, TRAINING, ForwardWatch
-from txwatch_hooks.grads import Snapshot, grad_stats
+from txwatch_hooks.grads import GradInterval, Snapshot, grad_norms, grad_stats
 from txwatch_hooks.guard import Guard
-from txwatch_hooks.options import Options
+from txwatch_hooks.options import DENSE_AFTER_LR_CHANGE, DENSE_FIRST_STEPS, Options
 from txwatch_hooks.records import Points, SampledStep
 from txwatch_hooks.scaler import ScalerWatch
 
@@ -87,7 +87,14 @@ class Capture:
         self._last_post: float | None = None
         self._bw_queued = False
         self._grads_armed = False  # the coming step is a gradient-sampling step
-        self._pending: tuple[list, list] | None = None  # grad norms of the latest backward
+        self._pending: tuple[list, list] | None = None  # grad norms and non-finite counts, on a sampled step
+        self._latest: tuple[list, Any] | None = None  # the latest backward's grad norms (and their scale)
+        self._interval = GradInterval()  # every step's norms since the last gradient sample
+        self._sentinel: tuple[int, Any] | None = None  # (index in _params, hook handle)
+        self._sparse = False  # the model may produce sparse gradients (left out of the norms)
+        self._update_budget = 0  # bytes the update ratio's copy may take (Options.update_memory_bytes)
+        self._lrs: list[float | None] = []  # each group's LR at the previous step
+        self._dense_until = 0  # update ratios on every step up to this one (after an LR change)
         self.scaler: ScalerWatch | None = None
         self._pending_scale: tuple[Any, int | None] = (None, None)  # the scale those gradients carry
         self._snapshot: Snapshot | None = None
@@ -119,11 +126,14 @@ class Capture:
                 self._params.append(p)
                 self._names.append(names.get(id(p), f"group{g}.param{i}"))
         self._lr_names = [f"{wire.LR}{g}" for g in range(len(optimizer.param_groups))]
+        self._sparse = self.model is not None and any(
+            getattr(m, "sparse", False) is True for m in self.model.modules())  # sparse embeddings' gradients
+        self._update_budget = self.options.update_memory_bytes(sum(p.numel() * p.element_size() for p in self._params))
         self._handles.append(optimizer.register_step_pre_hook(self._on_step_pre))
         self._handles.append(optimizer.register_step_post_hook(self._on_step_post))
         if self._params:
             # the sentinel: one parameter tells us each backward has started, so its end can be observed
-            self._handles.append(self._params[0].register_post_accumulate_grad_hook(self._on_grad))
+            self._sentinel = (0, self._params[0].register_post_accumulate_grad_hook(self._on_grad))
         self._arm(self.step + 1)
 
     def attach_scaler(self, scaler: Any) -> None:
@@ -140,6 +150,9 @@ class Capture:
         if self._forwards is not None:
             self._forwards.close()
         self._forward_listeners = []
+        if self._sentinel is not None:
+            self._handles.append(self._sentinel[1])
+            self._sentinel = None
         for handle in self._handles + self._grad_handles:
             try:
                 handle.remove()
@@ -152,7 +165,7 @@ class Capture:
 
     def set_step(self, step: int) -> None:
         self.step = step
-        if self._snapshot is not None and not self._due(step + 1, self.options.update_every):
+        if self._snapshot is not None and not self._updates_due(step + 1):
             self._snapshot = None
         if self.optimizer is not None and not self.guard.is_off("gradient capture"):
             try:
@@ -175,12 +188,20 @@ class Capture:
     def _due(step: int, every: int) -> bool:
         return every > 0 and (step == 1 or step % every == 0)
 
+    def _updates_due(self, step: int) -> bool:
+        """Update ratios: every ``update_every`` steps, and on every step early on and just after an LR change
+        (warmup's end, a restart, a group unfrozen): when a bad learning rate does its harm."""
+        every = self.options.update_every
+        return every > 0 and (step <= DENSE_FIRST_STEPS or step <= self._dense_until or step % every == 0)
+
     def _arm(self, step: int) -> None:
         """Hook every parameter for the coming step if it samples gradients (robust to an unused sentinel)."""
         want = self.model_metrics and self._due(step, self.options.grad_every)
         self._grads_armed = want
         if want and not self._grad_handles:
-            self._grad_handles = [p.register_post_accumulate_grad_hook(self._on_grad) for p in self._params[1:]]
+            skip = self._sentinel[0] if self._sentinel is not None else -1
+            self._grad_handles = [p.register_post_accumulate_grad_hook(self._on_grad)
+                                  for i, p in enumerate(self._params) if i != skip]
         elif not want and self._grad_handles:
             for handle in self._grad_handles:
                 handle.remove()
@@ -237,28 +258,44 @@ class Capture:
         try:
             self._bw_queued = False
             self._busy_end = time.perf_counter()
-            if self._grads_armed and not self.guard.is_off("gradient capture"):
-                names, grads = [], []
-                for name, p in zip(self._names, self._params):
-                    g = p.grad
-                    if g is not None and not g.is_sparse:
-                        names.append(name)
-                        grads.append(g.detach())
-                self._pending = grad_stats(names, grads) if grads else None
-                if self._pending is not None and self.scaler is not None:
-                    self._pending_scale = self.scaler.capture()
+            if self.model_metrics and not self.guard.is_off("gradient capture"):
+                # every step: the norms (one foreach call per dtype), folded into the interval at the step;
+                # on a sampled step also the non-finite counts and the per-layer series
+                names, grads = self._names, [p.grad for p in self._params]  # no detach: norms run under no_grad
+                if self._sparse or any(g is None for g in grads):  # a layer without a gradient this step
+                    kept = [(n, g) for n, g in zip(names, grads) if g is not None and not g.is_sparse]
+                    names, grads = [n for n, _ in kept], [g for _, g in kept]
+                norms = grad_norms(names, grads) if grads else None
+                self._rehome_sentinel()
+                scale = self.scaler.capture() if norms is not None and self.scaler is not None else (None, None)
+                self._latest = (norms, scale) if norms is not None else None
+                if self._grads_armed:
+                    self._pending = grad_stats(names, grads, norms) if grads else None
+                    self._pending_scale = scale
         except Exception as exc:  # never let it surface from loss.backward()
             self.guard.fail("gradient capture", exc)
+
+    def _rehome_sentinel(self) -> None:
+        """Every step's norms need every backward's end: if the sentinel got no gradient in this one (a
+        parameter unused or frozen since), move it to one that did (seen thanks to a sampled step's hooks)."""
+        sentinel = self._sentinel
+        if sentinel is None or self._params[sentinel[0]].grad is not None:
+            return
+        index = next((i for i, p in enumerate(self._params) if p.grad is not None), None)
+        if index is not None:
+            sentinel[1].remove()
+            self._sentinel = (index, self._params[index].register_post_accumulate_grad_hook(self._on_grad))
 
     def _on_step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._closed or not self.model_metrics or self.guard.is_off("update ratio"):
             return
         try:
-            if self._due(self.step + 1, self.options.update_every):
+            self._note_lr_change(self.step + 1)
+            if self._updates_due(self.step + 1):
                 # every trainable parameter: under Lightning this hook runs before the closure's backward,
                 # so which ones get a gradient is only known in the post-hook
                 if self._snapshot is None:
-                    self._snapshot = Snapshot(self._names, self._params)
+                    self._snapshot = Snapshot(self._names, self._params, self._update_budget)
                 self._snapshot.take()
         except Exception as exc:
             self._snapshot = None
@@ -294,7 +331,7 @@ class Capture:
         finally:
             self._pending = None
             self._pending_scale = (None, None)
-            if self._snapshot is not None and not self._due(step + 1, self.options.update_every):
+            if self._snapshot is not None and not self._updates_due(step + 1):
                 self._snapshot = None  # free the copy: the next step does not sample updates
         if not self.guard.is_off("gradient capture"):
             try:
@@ -310,6 +347,8 @@ class Capture:
                 lr = lr.detach().clone()  # schedulers update tensor learning rates in place
             if lr is not None:
                 values[name] = lr
+        self._lrs = [group.get("lr") if isinstance(group.get("lr"), (int, float)) else None
+                     for group in self.optimizer.param_groups]
         if self._last_post is not None:
             step_time = now - self._last_post
             values[wire.STEP_TIME] = step_time
@@ -320,7 +359,28 @@ class Capture:
         if values:
             self._submit(Points(step, wall, values))
 
+    def _fold_latest(self, found: Any) -> None:
+        """This step's gradient norms into the interval (not those of an iteration the scaler skipped)."""
+        latest, self._latest = self._latest, None
+        if latest is None:
+            return
+        norms, (scale, iteration) = latest
+        if self.scaler is not None and self.scaler.stale(iteration):
+            return
+        self._interval.add(norms, scale, found)
+
+    def _note_lr_change(self, step: int) -> None:
+        """Before step ``step``: a group's LR more than 2x off its previous step's makes update ratios dense."""
+        for lr, group in zip(self._lrs, self.optimizer.param_groups):
+            now = group.get("lr")
+            if lr is None or not isinstance(now, (int, float)):
+                continue
+            if (lr == 0) != (now == 0) or (lr > 0 and not 0.5 <= now / lr <= 2.0):
+                self._dense_until = step + DENSE_AFTER_LR_CHANGE - 1
+                return
+
     def _sampled_points(self, step: int, wall: float, found: Any = None) -> None:
+        self._fold_latest(found)
         pending, snapshot = self._pending, self._snapshot
         if snapshot is not None and not snapshot.taken:
             snapshot = None
@@ -336,8 +396,10 @@ class Capture:
             except Exception as exc:
                 self.guard.fail("update ratio", exc)
         grads, nonfinite = pending if pending is not None else (None, None)
+        interval = self._interval.take() if grads else None
         if grads or updates:
             scaled = None
             if self.scaler is not None and not self.guard.is_off("loss scaling"):
                 scaled = self.scaler.sample(scale, found)
-            self._submit(SampledStep(step, wall, grads, nonfinite, updates, self.options.layers, scaled))
+            self._submit(SampledStep(step, wall, grads, nonfinite, updates, self.options.layers, scaled,
+                                     interval))

@@ -13,6 +13,11 @@ from typing import Any
 # Defaults, each with its reason. The sampling ones are what benchmarks/overhead.py measures.
 GRAD_EVERY = 10  # per-layer grad norms every 10th step: cheap, and dense enough to see a spike within seconds
 UPDATE_EVERY = 50  # the update ratio needs a parameter copy around step(): the dearest capture, so sparser
+DENSE_FIRST_STEPS = 20  # update ratios on every one of the first steps: when a bad learning rate shows first
+DENSE_AFTER_LR_CHANGE = 5  # ... and on the steps after any group's LR moved by more than 2x in one step
+UPDATE_MEMORY_SHARE = 0.01  # the update ratio's copy: at most 1% of the parameters' bytes ...
+UPDATE_MEMORY_FLOOR = 1 << 20  # ... or 1 MiB for a small model (every tensor copied whole, exact) ...
+UPDATE_MEMORY_CAP = 64 << 20  # ... and never more than 64 MiB (larger tensors are sampled, see grads.Snapshot)
 SYSTEM_INTERVAL_S = 10.0  # GPU/CPU figures move slowly; NVML calls take ~1 ms each
 HEARTBEAT_S = 30.0  # well under the collector's stall_after_s (300 s) even if a few are late
 MAX_QUEUE_SIZE = 10_000  # records (about one per step and kind): ~minutes of steps if the worker stalls
@@ -30,7 +35,10 @@ class Options:
 
     grad_every: per-parameter gradient norms, their total and the non-finite count every N optimizer steps
         (and at step 1); 0 turns them off.
-    update_every: per-parameter update ratios and parameter norms every N steps (and at step 1); 0: off.
+    update_every: per-parameter update ratios and parameter norms every N steps, on every one of the first
+        20 steps and on the 5 steps after any param group's LR changes by more than 2x; 0: off.
+    update_memory_cap: bytes the update ratio may copy at most (default 64 MiB; the copy is also held to
+        1% of the parameters' bytes, or 1 MiB if that is more). Tensors that do not fit are sampled.
     layers: send the per-parameter series (``grad_norm/<param>`` ...); False sends only the totals.
     system_interval_s: seconds between system samples (GPU, CPU, memory); 0 turns the sampler off.
     heartbeat_s: seconds between heartbeats.
@@ -45,6 +53,7 @@ class Options:
 
     grad_every: int = GRAD_EVERY
     update_every: int = UPDATE_EVERY
+    update_memory_cap: int = UPDATE_MEMORY_CAP
     layers: bool = True
     system_interval_s: float = SYSTEM_INTERVAL_S
     heartbeat_s: float = HEARTBEAT_S
@@ -72,7 +81,8 @@ class Options:
         values = dict(kwargs)
         if values.get("spool_dir") is None and os.environ.get("TXWATCH_SPOOL_DIR"):
             values["spool_dir"] = os.environ["TXWATCH_SPOOL_DIR"]
-        for name in ("grad_every", "update_every", "max_queue_size", "max_batch_size", "spool_max_bytes"):
+        for name in ("grad_every", "update_every", "max_queue_size", "max_batch_size", "spool_max_bytes",
+                     "update_memory_cap"):
             if name in values:
                 values[name] = _int(name, values[name], minimum=0 if name.endswith("_every") else 1)
         for name in ("system_interval_s", "heartbeat_s", "schedule_delay_s", "export_timeout_s",
@@ -88,6 +98,10 @@ class Options:
         if sender is not None and not callable(getattr(sender, "send", None)):
             raise TypeError("sender must have a send(batch: dict, timeout_s: float) -> bool method")
         return cls(**values)
+
+    def update_memory_bytes(self, param_bytes: int) -> int:
+        """What the update ratio's parameter copy may take for a model of ``param_bytes``."""
+        return min(self.update_memory_cap, max(int(param_bytes * UPDATE_MEMORY_SHARE), UPDATE_MEMORY_FLOOR))
 
     def spool_root(self) -> Path:
         if self.spool_dir is not None:

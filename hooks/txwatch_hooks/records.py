@@ -53,18 +53,22 @@ class SampledStep:
     grads: [(param names, stacked per-parameter grad norms)]; nonfinite: [count tensors];
     updates: [(param names, stacked norms before the step, stacked norms of the change)];
     scaler: a ``txwatch_hooks.scaler.ScalerSample`` when a GradScaler is known (the norms are then divided
-    by its scale, and a step it skipped sends only the scaler's figures).
+    by its scale, and a step it skipped sends only the scaler's figures);
+    interval: a ``txwatch_hooks.grads.IntervalSample``, every step's norms since the previous sample (sent
+    as ``grad_norm_total_max`` / ``_mean``, ``grad_nonfinite_steps`` and per layer ``grad_norm_max/<param>``).
     """
 
-    __slots__ = ("step", "time", "grads", "nonfinite", "updates", "layers", "scaler", "count")
+    __slots__ = ("step", "time", "grads", "nonfinite", "updates", "layers", "scaler", "interval", "count")
 
     def __init__(self, step: int, time: float, grads: list | None, nonfinite: list | None,
-                 updates: list | None, layers: bool, scaler: Any = None):
+                 updates: list | None, layers: bool, scaler: Any = None, interval: Any = None):
         self.step, self.time, self.layers = step, time, layers
         self.grads, self.nonfinite, self.updates, self.scaler = grads, nonfinite, updates, scaler
+        self.interval = interval
         n = sum(len(names) for names, _ in grads or [])
         u = sum(len(names) for names, _, _ in updates or [])  # upper bound
-        self.count = (n + 2 if grads else 0) + (2 * u + 1 if updates else 0) + (2 if scaler is not None else 0)
+        self.count = ((n + 2 if grads else 0) + (2 * u + 1 if updates else 0) + (2 if scaler is not None else 0)
+                      + (n + 3 if interval is not None else 0))
 
     def emit(self, builder: BatchBuilder) -> None:
         step, t = self.step, self.time
@@ -87,6 +91,8 @@ class SampledStep:
             builder.add_point(wire.GRAD_NORM_TOTAL, step, t, math.sqrt(squares))
             bad = sum(to_float(n) for n in self.nonfinite or [])
             builder.add_point(wire.GRAD_NONFINITE, step, t, bad)
+        if self.interval is not None:
+            self._emit_interval(builder, step, t)
         if self.updates:
             ratios = []
             for names, before, delta in self.updates:
@@ -104,3 +110,14 @@ class SampledStep:
             if ratios:
                 worst = math.nan if any(r != r for r in ratios) else max(ratios)
                 builder.add_point(wire.UPDATE_RATIO_MAX, step, t, worst)
+
+    def _emit_interval(self, builder: BatchBuilder, step: int, t: float) -> None:
+        """The interval's figures; already unscaled (``GradInterval.add`` divided each step by its scale)."""
+        interval = self.interval
+        builder.add_point(wire.GRAD_NORM_TOTAL_MAX, step, t, to_float(interval.total_max))
+        builder.add_point(wire.GRAD_NORM_TOTAL_MEAN, step, t, to_float(interval.total_sum) / interval.steps)
+        builder.add_point(wire.GRAD_NONFINITE_STEPS, step, t, to_float(interval.bad))
+        if self.layers:
+            for names, maxima in interval.maxima:
+                for name, v in zip(names, maxima.tolist()):
+                    builder.add_point(wire.GRAD_NORM_MAX + name, step, t, v)

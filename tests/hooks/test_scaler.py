@@ -80,7 +80,13 @@ def test_norms_are_unscaled_and_a_skipped_step_is_counted_not_reported_as_nonfin
         assert points(sink, "scaler_skipped")[d.step] == _skips_until(done, d)
     assert set(points(sink, "grad_nonfinite").values()) == {0.0}
     assert all(math.isfinite(v) for n in sink.names() if n.startswith("grad_norm") for _, v in sink.series(n))
-    assert sorted(points(sink, "update_ratio_max")) == [d.step for d in reported]  # a skip updates nothing
+    # update ratios are dense over the first steps; a skip updates nothing
+    assert sorted(points(sink, "update_ratio_max")) == [d.step for d in done if not d.skipped]
+    # every step's norms between the samples were unscaled too, and the overflow is not taken for a NaN
+    assert set(points(sink, "grad_nonfinite_steps").values()) == {0.0}
+    for d in reported[1:]:
+        between = [e.total for e in done if not e.skipped and reported[reported.index(d) - 1].step < e.step <= d.step]
+        assert points(sink, "grad_norm_total_max")[d.step] == pytest.approx(max(between), rel=1e-5)
     assert max(points(sink, "scaler_skipped").values()) == len(skipped) == 1
     if fused:  # the skipped step is a step of its own: when sampled, the scaler's figures and nothing else
         assert mon.step == ITERATIONS
