@@ -19,6 +19,7 @@ stays picklable and copyable) and the two step hooks.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import time
 from typing import Any, Callable
@@ -28,7 +29,7 @@ from torch.autograd import Variable
 
 from txwatch_hooks import wire
 from txwatch_hooks.forwards import EVALUATION, TRAINING, ForwardWatch
-from txwatch_hooks.grads import GradInterval, Snapshot, grad_norms, grad_stats
+from txwatch_hooks.grads import GradInterval, Snapshot, grad_norms, grad_stats, groups_of
 from txwatch_hooks.guard import Guard
 from txwatch_hooks.options import DENSE_AFTER_LR_CHANGE, DENSE_FIRST_STEPS, Options
 from txwatch_hooks.records import Points, SampledStep
@@ -91,6 +92,13 @@ class Capture:
         self._latest: tuple[list, Any] | None = None  # the latest backward's grad norms (and their scale)
         self._interval = GradInterval()  # every step's norms since the last gradient sample
         self._sentinel: tuple[int, Any] | None = None  # (index in _params, hook handle)
+        self._sentinels: list[Any] = []  # further optimizers' sentinels (their hook handles)
+        self._secondary: list[SecondaryOptimizer] = []
+        self._primary_params = 0  # _params[:n] are the first optimizer's; the others' follow
+        self._norm_cost = 0.0  # seconds the every-step norms take on the training thread (moving average)
+        self._step_cost = 0.0  # seconds a step takes (moving average)
+        self._norm_stride = 1  # every-step norms on every Nth step (the cost governor, _govern)
+        self._param_groups: list[list[int]] = []
         self._sparse = False  # the model may produce sparse gradients (left out of the norms)
         self._update_budget = 0  # bytes the update ratio's copy may take (Options.update_memory_bytes)
         self._lrs: list[float | None] = []  # each group's LR at the previous step
@@ -106,18 +114,41 @@ class Capture:
 
     # -- setup --------------------------------------------------------------------------------------------
 
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimizer followed: the first counts the steps, the others (``SecondaryOptimizer``) too."""
+        return ([self.optimizer] if self.optimizer is not None else []) + [s.optimizer for s in self._secondary]
+
     def attach_optimizer(self, optimizer: Any) -> None:
-        """Hook ``optimizer`` (once); its parameters are named after the model's ``named_parameters()``."""
+        """Hook ``optimizer`` (once); its parameters are named after the model's ``named_parameters()``.
+        The first one attached counts the steps; each further one is followed as a ``SecondaryOptimizer``."""
         optimizer = unwrap_optimizer(optimizer)
-        if self.optimizer is optimizer:
+        if any(o is optimizer for o in self.optimizers):
             return
+        start = len(self._params)
+        self._add_params(optimizer)
         if self.optimizer is not None:
-            raise ValueError("this monitor already watches an optimizer; one monitor follows one optimizer")
+            self._secondary.append(SecondaryOptimizer(self, optimizer, len(self._secondary) + 1, start))
+            self._param_groups = groups_of(self._params)
+            self._watch_backward(start)
+            return
         self.optimizer = optimizer
+        self._primary_params = len(self._params)
+        self._lr_names = [f"{wire.LR}{g}" for g in range(len(optimizer.param_groups))]
+        self._param_groups = groups_of(self._params)
+        self._sparse = self.model is not None and any(
+            getattr(m, "sparse", False) is True for m in self.model.modules())  # sparse embeddings' gradients
+        self._update_budget = self.options.update_memory_bytes(sum(p.numel() * p.element_size() for p in self._params))
+        self._handles.append(optimizer.register_step_pre_hook(self._on_step_pre))
+        self._handles.append(optimizer.register_step_post_hook(self._on_step_post))
+        self._watch_backward(0)
+        self._arm(self.step + 1)
+
+    def _add_params(self, optimizer: torch.optim.Optimizer) -> None:
         names = {}
         if self.model is not None:
             names = {id(p): layer_name(n) for n, p in self.model.named_parameters()}
-        seen = set()
+        seen = {id(p) for p in self._params}
         for g, group in enumerate(optimizer.param_groups):
             for i, p in enumerate(group["params"]):
                 if id(p) in seen or not p.requires_grad:
@@ -125,16 +156,17 @@ class Capture:
                 seen.add(id(p))
                 self._params.append(p)
                 self._names.append(names.get(id(p), f"group{g}.param{i}"))
-        self._lr_names = [f"{wire.LR}{g}" for g in range(len(optimizer.param_groups))]
-        self._sparse = self.model is not None and any(
-            getattr(m, "sparse", False) is True for m in self.model.modules())  # sparse embeddings' gradients
-        self._update_budget = self.options.update_memory_bytes(sum(p.numel() * p.element_size() for p in self._params))
-        self._handles.append(optimizer.register_step_pre_hook(self._on_step_pre))
-        self._handles.append(optimizer.register_step_post_hook(self._on_step_post))
-        if self._params:
-            # the sentinel: one parameter tells us each backward has started, so its end can be observed
-            self._sentinel = (0, self._params[0].register_post_accumulate_grad_hook(self._on_grad))
-        self._arm(self.step + 1)
+
+    def _watch_backward(self, index: int) -> None:
+        """A sentinel on parameter ``index`` (one per optimizer: a GAN's two losses backward through
+        different parameters): its gradient tells that a backward runs, so that its end can be observed."""
+        if index >= len(self._params):
+            return
+        handle = self._params[index].register_post_accumulate_grad_hook(self._on_grad)
+        if index == 0:
+            self._sentinel = (0, handle)  # the first optimizer's, moved when it gets no gradient
+        else:
+            self._sentinels.append(handle)
 
     def attach_scaler(self, scaler: Any) -> None:
         """Follow an enabled GradScaler (``scaler.check_scaler``): unscaled norms, skipped steps counted."""
@@ -153,6 +185,10 @@ class Capture:
         if self._sentinel is not None:
             self._handles.append(self._sentinel[1])
             self._sentinel = None
+        for secondary in self._secondary:
+            self._handles.extend(secondary.handles)
+        self._handles.extend(self._sentinels)
+        self._secondary, self._sentinels = [], []
         for handle in self._handles + self._grad_handles:
             try:
                 handle.remove()
@@ -223,6 +259,10 @@ class Capture:
         except Exception as exc:  # pragma: no cover - arithmetic on floats
             self.guard.fail("data-wait timing", exc)
 
+    @property
+    def wants_forward_end(self) -> bool:
+        return bool(self._forward_listeners) or self._gap_resumes
+
     def forward_ended(self, module: Any, kind: str, args: Any, kwargs: Any, output: Any) -> None:
         if self._closed:
             return
@@ -261,16 +301,24 @@ class Capture:
             if self.model_metrics and not self.guard.is_off("gradient capture"):
                 # every step: the norms (one foreach call per dtype), folded into the interval at the step;
                 # on a sampled step also the non-finite counts and the per-layer series
+                if not self._grads_armed and (self.step + 1) % self._norm_stride:
+                    return  # the cost governor thins the every-step norms out (_govern)
+                started = time.perf_counter()
                 names, grads = self._names, [p.grad for p in self._params]  # no detach: norms run under no_grad
+                groups = self._param_groups  # the parameters' (device, dtype) grouping: their gradients' too
                 if self._sparse or any(g is None for g in grads):  # a layer without a gradient this step
                     kept = [(n, g) for n, g in zip(names, grads) if g is not None and not g.is_sparse]
                     names, grads = [n for n, _ in kept], [g for _, g in kept]
-                norms = grad_norms(names, grads) if grads else None
+                    groups = None
+                elif grads and grads[0].dtype != self._params[0].dtype:  # gradients in another dtype
+                    groups = None
+                norms = grad_norms(names, grads, groups) if grads else None
                 self._rehome_sentinel()
                 scale = self.scaler.capture() if norms is not None and self.scaler is not None else (None, None)
                 self._latest = (norms, scale) if norms is not None else None
+                self._norm_cost = 0.8 * self._norm_cost + 0.2 * (time.perf_counter() - started)
                 if self._grads_armed:
-                    self._pending = grad_stats(names, grads, norms) if grads else None
+                    self._pending = grad_stats(names, grads, norms, groups) if grads else None
                     self._pending_scale = scale
         except Exception as exc:  # never let it surface from loss.backward()
             self.guard.fail("gradient capture", exc)
@@ -295,7 +343,8 @@ class Capture:
                 # every trainable parameter: under Lightning this hook runs before the closure's backward,
                 # so which ones get a gradient is only known in the post-hook
                 if self._snapshot is None:
-                    self._snapshot = Snapshot(self._names, self._params, self._update_budget)
+                    n = self._primary_params
+                    self._snapshot = Snapshot(self._names[:n], self._params[:n], self._update_budget)
                 self._snapshot.take()
         except Exception as exc:
             self._snapshot = None
@@ -352,12 +401,23 @@ class Capture:
         if self._last_post is not None:
             step_time = now - self._last_post
             values[wire.STEP_TIME] = step_time
+            self._govern(step_time)
             if self._batch_seen:  # else unknown, not zero
                 values[wire.DATA_WAIT] = self._wait
                 if step_time > 0:
                     values[wire.DATA_WAIT_SHARE] = min(self._wait / step_time, 1.0)
         if values:
             self._submit(Points(step, wall, values))
+
+    def _govern(self, step_time: float) -> None:
+        """Hold the every-step gradient norms to ``every_step_cost`` of the step on the training thread. On an
+        accelerator they are a few kernel launches and run on every step; on a CPU, reading every gradient
+        every step can cost more than that, and then they run on every Nth step only (never sparser than
+        the gradient samples): training is not slowed for them. ``grad_interval_steps`` says how many."""
+        self._step_cost = step_time if self._step_cost == 0 else 0.8 * self._step_cost + 0.2 * step_time
+        if self._step_cost > 0 and self._norm_cost > 0:
+            stride = math.ceil(self._norm_cost / (self.options.every_step_cost * self._step_cost))
+            self._norm_stride = max(1, min(stride, self.options.grad_every or 1))
 
     def _fold_latest(self, found: Any) -> None:
         """This step's gradient norms into the interval (not those of an iteration the scaler skipped)."""
@@ -392,10 +452,13 @@ class Capture:
         updates = None
         if snapshot is not None and not self.guard.is_off("update ratio"):
             try:
-                updates = snapshot.finish([p.grad is not None for p in self._params])
+                updates = snapshot.finish([p.grad is not None for p in self._params[:self._primary_params]])
             except Exception as exc:
                 self.guard.fail("update ratio", exc)
         grads, nonfinite = pending if pending is not None else (None, None)
+        if grads and self._secondary:  # the other optimizers' parameters are sampled at their own steps
+            own = set(self._names[:self._primary_params])
+            grads = [([n if n in own else None for n in names], norms) for names, norms in grads]
         interval = self._interval.take() if grads else None
         if grads or updates:
             scaled = None
@@ -403,3 +466,70 @@ class Capture:
                 scaled = self.scaler.sample(scale, found)
             self._submit(SampledStep(step, wall, grads, nonfinite, updates, self.options.layers, scaled,
                                      interval))
+
+
+class SecondaryOptimizer:
+    """A further optimizer of the same model (a GAN's discriminator, a separate optimizer for a head): its
+    learning rates (``lr/opt<k>.<group>``), on gradient-sampling steps its parameters' gradient norms as they
+    were at the end of the backward before its step (``grad_norm/<param>``, their total as
+    ``grad_norm_total.opt<k>``), and their update ratios (``update_ratio/<param>``, the largest as
+    ``update_ratio_max.opt<k>``), at the step count of the first optimizer.
+
+    Its figures carry the number of the first optimizer's step of the same iteration: seen at its first step,
+    the order of the two in the loop decides whether that step is the current count or the next one.
+    """
+
+    def __init__(self, capture: Capture, optimizer: torch.optim.Optimizer, index: int, start: int):
+        self.capture, self.optimizer, self.index = capture, optimizer, index
+        self.start, self.stop = start, len(capture._params)
+        self.lr_names = [f"{wire.LR}opt{index}.{g}" for g in range(len(optimizer.param_groups))]
+        self.suffix = f".opt{index}"
+        self.own = set(capture._names[start:self.stop])
+        self.offset: int | None = None  # 1: it steps before the first optimizer in each iteration
+        self.snapshot: Snapshot | None = None
+        self.handles = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
+
+    def _label(self) -> int:
+        if self.offset is None:
+            self.offset = 1 if self.capture.step == 0 else 0
+        return self.capture.step + self.offset
+
+    def _pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        capture = self.capture
+        if capture._closed or not capture.model_metrics or capture.guard.is_off("update ratio"):
+            return
+        try:
+            if capture._updates_due(self._label()):
+                if self.snapshot is None:
+                    self.snapshot = Snapshot(capture._names[self.start:self.stop], capture._params[self.start:self.stop],
+                                             capture._update_budget)
+                self.snapshot.take()
+            else:
+                self.snapshot = None
+        except Exception as exc:
+            self.snapshot = None
+            capture.guard.fail("update ratio", exc)
+
+    def _post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        capture = self.capture
+        if capture._closed or not capture.model_metrics:
+            return
+        try:
+            step, wall = self._label(), time.time()
+            lrs = {name: group["lr"] for name, group in zip(self.lr_names, optimizer.param_groups)
+                   if isinstance(group.get("lr"), (int, float))}
+            if lrs:
+                capture._submit(Points(step, wall, lrs))
+            updates, grads = None, None
+            snapshot = self.snapshot
+            if snapshot is not None and snapshot.taken and not capture.guard.is_off("update ratio"):
+                updates = snapshot.finish([p.grad is not None for p in capture._params[self.start:self.stop]])
+            latest = capture._latest
+            if latest is not None and capture._due(step, capture.options.grad_every):
+                own = self.own  # this optimizer's parameters only, from the backward before its step
+                grads = [([n if n in own else None for n in names], norms) for names, norms in latest[0]]
+            if updates or grads:
+                capture._submit(SampledStep(step, wall, grads, None, updates, capture.options.layers,
+                                            suffix=self.suffix))
+        except Exception as exc:
+            capture.guard.fail("secondary optimizer", exc)

@@ -36,15 +36,18 @@ _REDUCE = "__reduce_ex__"
 
 
 class ForwardListener(Protocol):
+    wants_forward_end: bool  # read at each forward's end: False skips the call (it costs on every step)
+
     def forward_started(self, module: torch.nn.Module, kind: str) -> None: ...
 
     def forward_ended(self, module: torch.nn.Module, kind: str, args: Any, kwargs: Any, output: Any) -> None: ...
 
 
 def forward_kind() -> str:
-    """What the forward running now is (see the module doc)."""
+    """What the forward running now is (see the module doc). ``torch.onnx.export`` traces through
+    ``torch.export`` (is_exporting) or, the legacy exporter, ``torch.jit`` (is_tracing)."""
     compiler = torch.compiler
-    if compiler.is_compiling() or compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if compiler.is_compiling() or compiler.is_exporting() or torch.jit.is_tracing():
         return FOREIGN
     return TRAINING if torch.is_grad_enabled() else EVALUATION
 
@@ -127,7 +130,7 @@ class ForwardWatch:
             return
         try:
             listener = self._listener()
-            if listener is not None:  # the kind is the start's: the contexts that decide it wrap the call
+            if listener is not None and listener.wants_forward_end:  # the kind is the start's: the contexts that decide it wrap the call
                 kwargs, output = (rest[0], rest[1]) if len(rest) == 2 else ({}, rest[-1] if rest else None)
                 listener.forward_ended(module, forward_kind(), args, kwargs, output)
         except Exception as exc:

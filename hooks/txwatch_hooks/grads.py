@@ -43,23 +43,35 @@ def _groups(tensors: Sequence[torch.Tensor]) -> dict[tuple[torch.device, torch.d
     return groups
 
 
-def grad_norms(names: Sequence[str], grads: Sequence[torch.Tensor]) -> list[tuple[list[str], torch.Tensor]]:
-    """Per-parameter L2 norms, fp32, stacked per (device, dtype) group: [(names, norms)]; no sync."""
+def grad_norms(names: Sequence[str], grads: Sequence[torch.Tensor],
+               groups: list[list[int]] | None = None) -> list[tuple[list[str], torch.Tensor]]:
+    """Per-parameter L2 norms, fp32, stacked per (device, dtype) group: [(names, norms)]; no sync.
+    ``groups``: the grouping (``groups_of``) when the caller knows it already (it runs on every step)."""
+    groups = groups_of(grads) if groups is None else groups
     with torch.no_grad():
-        return [([names[i] for i in idx], _norms([grads[i] for i in idx])) for idx in _groups(grads).values()]
+        if len(groups) == 1:
+            return [(list(names), _norms(grads))]
+        return [([names[i] for i in idx], _norms([grads[i] for i in idx])) for idx in groups]
+
+
+def groups_of(tensors: Sequence[torch.Tensor]) -> list[list[int]]:
+    """Indices of ``tensors`` by (device, dtype), in first-seen order."""
+    return list(_groups(tensors).values())
 
 
 def grad_stats(names: Sequence[str], grads: Sequence[torch.Tensor],
-               norms: list[tuple[list[str], torch.Tensor]] | None = None) -> tuple[list, list]:
+               norms: list[tuple[list[str], torch.Tensor]] | None = None,
+               groups: list[list[int]] | None = None) -> tuple[list, list]:
     """Per-parameter L2 norms (``grad_norms``, or the ones already taken) and non-finite value counts.
 
     Returns ([(names, norms)], [count]) with one entry per (device, dtype) group; on accelerators both stay
     on the device (no sync).
     """
-    norms = grad_norms(names, grads) if norms is None else norms
+    groups = groups_of(grads) if groups is None else groups
+    norms = grad_norms(names, grads, groups) if norms is None else norms
     bad_out = []
     with torch.no_grad():
-        for idx, (_, group_norms) in zip(_groups(grads).values(), norms):
+        for idx, (_, group_norms) in zip(groups, norms):
             group = [grads[i] for i in idx]
             bad_out.append(_nonfinite_cpu(group, group_norms) if group_norms.device.type == "cpu"
                            else _nonfinite(group))
@@ -83,14 +95,13 @@ class GradInterval:
         self.steps = 0
         self._layout: tuple[tuple[str, ...], ...] | None = None
         self._max: list[torch.Tensor] = []
-        self._total_max: torch.Tensor | None = None
-        self._total_sum: torch.Tensor | None = None
-        self._bad: torch.Tensor | None = None
+        self._totals: list[torch.Tensor] = []  # one 0-d tensor a step; reduced only at take()
 
     def add(self, norms: list[tuple[list[str], torch.Tensor]], scale: torch.Tensor | None = None,
             skipped: torch.Tensor | None = None) -> None:
         """One optimizer step's gradient norms; ``scale``: the loss scale they carry; ``skipped``: > 0 when a
-        fused GradScaler step skipped it (its overflowed gradients then count as zero, not as a spike)."""
+        fused GradScaler step skipped it (its overflowed gradients then count as zero, not as a spike).
+        Two small kernels a step in the common case (the total, the running maxima): it runs on every step."""
         with torch.no_grad():
             vectors = [v for _, v in norms]
             if scale is not None:
@@ -98,28 +109,25 @@ class GradInterval:
             if skipped is not None:
                 vectors = [torch.where(skipped.to(v.device) > 0, torch.zeros_like(v), v) for v in vectors]
             device = vectors[0].device
-            total = torch.linalg.vector_norm(torch.cat([v.to(device) for v in vectors]))
+            joined = vectors[0] if len(vectors) == 1 else torch.cat([v.to(device) for v in vectors])
+            self._totals.append(torch.linalg.vector_norm(joined))
             layout = tuple(tuple(names) for names, _ in norms)
             if layout != self._layout:
                 self._layout, self._max = layout, [v.clone() for v in vectors]
             else:
-                self._max = [torch.maximum(m, v) for m, v in zip(self._max, vectors)]
-            bad = (~torch.isfinite(total)).to(torch.float32)
-            if self._total_max is None:
-                self._total_max, self._total_sum, self._bad = total, total.clone(), bad
-            else:
-                self._total_max = torch.maximum(self._total_max, total)
-                self._total_sum = self._total_sum + total
-                self._bad = self._bad + bad
+                for m, v in zip(self._max, vectors):
+                    torch.maximum(m, v, out=m)
         self.steps += 1
 
     def take(self) -> IntervalSample | None:
         """The figures since the last ``take()`` (None when no step was added), and start a new interval."""
         if not self.steps:
             return None
-        sample = IntervalSample(
-            [(list(names), m) for names, m in zip(self._layout or (), self._max)],
-            self._total_max, self._total_sum, self._bad, self.steps)
+        with torch.no_grad():
+            totals = torch.stack(self._totals)
+            sample = IntervalSample(
+                [(list(names), m) for names, m in zip(self._layout or (), self._max)],
+                totals.max(), totals.sum(), (~torch.isfinite(totals)).sum(), self.steps)
         self.reset()
         return sample
 

@@ -41,7 +41,9 @@ def watch(model: torch.nn.Module, optimizer: Any = None, *, run: str | None = No
     Args:
         model: the ``torch.nn.Module`` being trained (its parameter names label the per-layer series).
         optimizer: the ``torch.optim.Optimizer`` (or a Lightning/accelerate wrapper); its ``step()`` counts
-            steps. Without one, each ``monitor.log()`` without ``step=`` is a new step.
+            steps. Several (``[opt_g, opt_d]``): all are watched, the first counts the steps, the others'
+            series are named per optimizer (``lr/opt1.0``, ``update_ratio_max.opt1``). Without one, each
+            ``monitor.log()`` without ``step=`` is a new step.
         run: run name (default: TXWATCH_RUN, else a generated readable one; see ``distributed`` for torchrun).
         project: project name (default: TXWATCH_PROJECT, else "default").
         config: the run's hyperparameters (JSON-able; other values are recorded as their ``str()``).
@@ -77,9 +79,10 @@ class Monitor:
         options = options or Options()
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-        if optimizer is not None:
-            unwrap_optimizer(optimizer)  # raises TypeError now, before any hook is registered
-        scaler = check_scaler(scaler) if scaler is not None else find_scaler(optimizer)
+        optimizers = _optimizer_list(optimizer)
+        for each in optimizers:
+            unwrap_optimizer(each)  # raises TypeError now, before any hook is registered
+        scaler = check_scaler(scaler) if scaler is not None else find_scaler(optimizers[0] if optimizers else None)
         config = _config_dict(config)
         ranks = rank_info()
         self.rank, self.world_size = ranks.rank, ranks.world_size
@@ -110,7 +113,7 @@ class Monitor:
         if model is not None and self.rank == 0 and options.layers:  # the rank that sends per-layer series
             run_info["layers"] = layer_order(model)
         if model is not None and self.rank == 0:
-            run_info.update(self._roles(model, optimizer))
+            run_info.update(self._roles(model, optimizers))
         self._run_info = run_info  # what a later run_info update repeats (the collector merges it field by field)
         builder = wire.BatchBuilder(self.run, self.project, self.rank, run_info=run_info)
         self._transport = Transport(builder, sender, spool, options, self._guard)
@@ -120,8 +123,8 @@ class Monitor:
                 "full txwatch package is not installed; run %s is kept in %s", self.run, spool.folder,
             )
         self._capture = Capture(model, options, self._guard, self._transport.submit, model_metrics=self.rank == 0)
-        if optimizer is not None:
-            self._capture.attach_optimizer(optimizer)
+        for each in optimizers:
+            self._capture.attach_optimizer(each)
         self._capture.attach_scaler(scaler)
         self._transport.submit(Event({"kind": "start", "time": self.started}))
         self._sampler = SystemSampler(
@@ -384,6 +387,17 @@ def _config_dict(config: Any) -> Mapping[str, Any] | None:
     if hasattr(config, "__dict__"):  # argparse.Namespace, simple objects
         return vars(config)
     raise TypeError(f"config must be a dict of the run's settings, not {type(config).__name__}")
+
+
+def _optimizer_list(optimizer: Any) -> list[Any]:
+    """``watch()``'s optimizer argument as a list: none, one, or several (``[opt_g, opt_d]``)."""
+    if optimizer is None:
+        return []
+    if isinstance(optimizer, (list, tuple)):
+        if not optimizer:
+            raise ValueError("optimizer is an empty list; pass the optimizer(s) the loop steps, or None")
+        return list(optimizer)
+    return [optimizer]
 
 
 def _device_of(model: Any) -> str:

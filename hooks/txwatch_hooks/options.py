@@ -15,6 +15,7 @@ GRAD_EVERY = 10  # per-layer grad norms every 10th step: cheap, and dense enough
 UPDATE_EVERY = 50  # the update ratio needs a parameter copy around step(): the dearest capture, so sparser
 DENSE_FIRST_STEPS = 20  # update ratios on every one of the first steps: when a bad learning rate shows first
 DENSE_AFTER_LR_CHANGE = 5  # ... and on the steps after any group's LR moved by more than 2x in one step
+EVERY_STEP_COST = 0.005  # the every-step gradient norms may take 0.5% of a step, else they are thinned out
 UPDATE_MEMORY_SHARE = 0.01  # the update ratio's copy: at most 1% of the parameters' bytes ...
 UPDATE_MEMORY_FLOOR = 1 << 20  # ... or 1 MiB for a small model (every tensor copied whole, exact) ...
 UPDATE_MEMORY_CAP = 64 << 20  # ... and never more than 64 MiB (larger tensors are sampled, see grads.Snapshot)
@@ -37,6 +38,9 @@ class Options:
         (and at step 1); 0 turns them off.
     update_every: per-parameter update ratios and parameter norms every N steps, on every one of the first
         20 steps and on the 5 steps after any param group's LR changes by more than 2x; 0: off.
+    every_step_cost: the share of a step's time the every-step gradient norms (spikes between samples) may
+        take on the training thread (default 0.005); where they would take more (a CPU reading every
+        gradient), they run on every Nth step only. 1 keeps them on every step whatever they cost.
     update_memory_cap: bytes the update ratio may copy at most (default 64 MiB; the copy is also held to
         1% of the parameters' bytes, or 1 MiB if that is more). Tensors that do not fit are sampled.
     layers: send the per-parameter series (``grad_norm/<param>`` ...); False sends only the totals.
@@ -54,6 +58,7 @@ class Options:
     grad_every: int = GRAD_EVERY
     update_every: int = UPDATE_EVERY
     update_memory_cap: int = UPDATE_MEMORY_CAP
+    every_step_cost: float = EVERY_STEP_COST
     layers: bool = True
     system_interval_s: float = SYSTEM_INTERVAL_S
     heartbeat_s: float = HEARTBEAT_S
@@ -89,6 +94,11 @@ class Options:
                      "close_timeout_s", "exit_timeout_s"):
             if name in values:
                 values[name] = _seconds(name, values[name], zero_ok=name == "system_interval_s")
+        if "every_step_cost" in values:
+            cost = values["every_step_cost"]
+            if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not 0 < cost <= 1:
+                raise ValueError(f"every_step_cost must be a share of the step in (0, 1], not {cost!r}")
+            values["every_step_cost"] = float(cost)
         for name in ("layers", "crash_hooks"):
             if name in values and not isinstance(values[name], bool):
                 raise TypeError(f"{name} must be True or False, not {values[name]!r}")

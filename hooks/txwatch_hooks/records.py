@@ -20,6 +20,9 @@ def to_float(value: Any) -> float:
     return float(value)
 
 
+SPIKE_RATIO = 1.25  # grad_norm_max/<param> is sent where the interval's largest norm is above this x the last
+
+
 class Points:
     """Scalars at one step: ``{name: number or one-element tensor}``."""
 
@@ -58,17 +61,18 @@ class SampledStep:
     as ``grad_norm_total_max`` / ``_mean``, ``grad_nonfinite_steps`` and per layer ``grad_norm_max/<param>``).
     """
 
-    __slots__ = ("step", "time", "grads", "nonfinite", "updates", "layers", "scaler", "interval", "count")
+    __slots__ = ("step", "time", "grads", "nonfinite", "updates", "layers", "scaler", "interval", "suffix", "count")
 
     def __init__(self, step: int, time: float, grads: list | None, nonfinite: list | None,
-                 updates: list | None, layers: bool, scaler: Any = None, interval: Any = None):
+                 updates: list | None, layers: bool, scaler: Any = None, interval: Any = None,
+                 suffix: str = ""):
         self.step, self.time, self.layers = step, time, layers
         self.grads, self.nonfinite, self.updates, self.scaler = grads, nonfinite, updates, scaler
-        self.interval = interval
+        self.interval, self.suffix = interval, suffix  # suffix: of the totals, per optimizer (".opt1")
         n = sum(len(names) for names, _ in grads or [])
         u = sum(len(names) for names, _, _ in updates or [])  # upper bound
         self.count = ((n + 2 if grads else 0) + (2 * u + 1 if updates else 0) + (2 if scaler is not None else 0)
-                      + (n + 3 if interval is not None else 0))
+                      + (n + 4 if interval is not None else 0))
 
     def emit(self, builder: BatchBuilder) -> None:
         step, t = self.step, self.time
@@ -84,13 +88,16 @@ class SampledStep:
                 if scale != 1.0:
                     values = [v / scale for v in values]  # the unscaled gradients' norms
                 for name, v in zip(names, values):
+                    if name is None:  # another optimizer's parameter (SecondaryOptimizer)
+                        continue
                     squares += v * v
                     if self.layers:
                         builder.add_point(wire.GRAD_NORM + name, step, t, v)
             # same total as torch.nn.utils.clip_grad_norm_: the L2 norm of the per-parameter norms
-            builder.add_point(wire.GRAD_NORM_TOTAL, step, t, math.sqrt(squares))
-            bad = sum(to_float(n) for n in self.nonfinite or [])
-            builder.add_point(wire.GRAD_NONFINITE, step, t, bad)
+            builder.add_point(wire.GRAD_NORM_TOTAL + self.suffix, step, t, math.sqrt(squares))
+            if self.nonfinite is not None:
+                bad = sum(to_float(n) for n in self.nonfinite)
+                builder.add_point(wire.GRAD_NONFINITE + self.suffix, step, t, bad)
         if self.interval is not None:
             self._emit_interval(builder, step, t)
         if self.updates:
@@ -109,7 +116,7 @@ class SampledStep:
                         builder.add_point(wire.UPDATE_RATIO + name, step, t, ratio)
             if ratios:
                 worst = math.nan if any(r != r for r in ratios) else max(ratios)
-                builder.add_point(wire.UPDATE_RATIO_MAX, step, t, worst)
+                builder.add_point(wire.UPDATE_RATIO_MAX + self.suffix, step, t, worst)
 
     def _emit_interval(self, builder: BatchBuilder, step: int, t: float) -> None:
         """The interval's figures; already unscaled (``GradInterval.add`` divided each step by its scale)."""
@@ -117,7 +124,13 @@ class SampledStep:
         builder.add_point(wire.GRAD_NORM_TOTAL_MAX, step, t, to_float(interval.total_max))
         builder.add_point(wire.GRAD_NORM_TOTAL_MEAN, step, t, to_float(interval.total_sum) / interval.steps)
         builder.add_point(wire.GRAD_NONFINITE_STEPS, step, t, to_float(interval.bad))
+        builder.add_point(wire.GRAD_INTERVAL_STEPS, step, t, float(interval.steps))
         if self.layers:
+            # only where the interval's largest norm stands out from the sampled step's own (by SPIKE_RATIO):
+            # elsewhere grad_norm/<param> says as much, and the per-layer volume stays what it was
+            sampled = {n: v for names, norms in self.grads or [] for n, v in zip(names, norms.tolist())}
             for names, maxima in interval.maxima:
                 for name, v in zip(names, maxima.tolist()):
-                    builder.add_point(wire.GRAD_NORM_MAX + name, step, t, v)
+                    last = sampled.get(name)
+                    if last is None or not v <= SPIKE_RATIO * last:
+                        builder.add_point(wire.GRAD_NORM_MAX + name, step, t, v)

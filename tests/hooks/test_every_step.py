@@ -19,7 +19,7 @@ def test_a_spike_between_samples_reaches_the_store(tiny, sink):
     practitioner's loop does, and shows in the interval's figures all the same."""
     opt = torch.optim.SGD(tiny.parameters(), lr=0.01)
     true: dict[int, dict[str, float]] = {}
-    with txwatch_hooks.watch(tiny, opt, sender=sink, grad_every=10, update_every=0, **FAST):
+    with txwatch_hooks.watch(tiny, opt, sender=sink, grad_every=10, update_every=0, every_step_cost=1, **FAST):
         for step in range(1, 21):
             x, y = batch_of(seed=step)
             loss = torch.nn.functional.mse_loss(tiny(x), y) * (1000.0 if step == 7 else 1.0)
@@ -45,7 +45,7 @@ def test_a_spike_between_samples_reaches_the_store(tiny, sink):
 def test_non_finite_gradients_between_samples_are_counted(tiny, sink):
     """A NaN gradient on step 4, scrubbed by the loop before the step (so training goes on), is counted."""
     opt = torch.optim.SGD(tiny.parameters(), lr=0.01)
-    with txwatch_hooks.watch(tiny, opt, sender=sink, grad_every=10, update_every=0, **FAST):
+    with txwatch_hooks.watch(tiny, opt, sender=sink, grad_every=10, update_every=0, every_step_cost=1, **FAST):
         for step in range(1, 11):
             x, y = batch_of(seed=step)
             if step == 4:
@@ -123,3 +123,20 @@ def test_update_ratios_within_a_memory_budget_match_an_exact_copy(sink, monkeypa
             assert abs(got[step] - exact[step][name]) <= 0.05 * exact[step][name], (name, step)
         if name not in sampled:  # copied whole: exact
             assert abs(got[5] - exact[5][name]) <= 1e-4 * exact[5][name]
+
+
+def test_the_cost_governor_thins_every_step_norms_where_they_cost_more_than_their_share(tiny, sink):
+    """A tiny model's steps are about as cheap as reading its gradients: at 0.1% of a step, the every-step
+    norms run on a few steps of each interval only, and say so; training is the same either way."""
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.01)
+    with txwatch_hooks.watch(tiny, opt, sender=sink, grad_every=10, update_every=0, every_step_cost=0.001,
+                             **FAST):
+        for step in range(1, 41):
+            x, y = batch_of(seed=step)
+            torch.nn.functional.mse_loss(tiny(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+    covered = points(sink, "grad_interval_steps")
+    assert sorted(covered) == [1, 10, 20, 30, 40]
+    assert covered[1] == 1 and all(1 <= covered[s] < 10 for s in (20, 30, 40))
+    assert sorted(points(sink, "grad_norm_total")) == [1, 10, 20, 30, 40]  # samples are never thinned

@@ -66,7 +66,7 @@ def test_norms_are_unscaled_and_a_skipped_step_is_counted_not_reported_as_nonfin
     opt = torch.optim.AdamW(tiny.parameters(), lr=1e-3, fused=fused)
     scaler = torch.amp.GradScaler("cpu")
     with txwatch_hooks.watch(tiny, opt, sender=sink, scaler=scaler, grad_every=every, update_every=every,
-                             **FAST) as mon:
+                             every_step_cost=1, **FAST) as mon:
         done = _train(tiny, opt, scaler, mon)
     skipped = [d for d in done if d.skipped]
     reported = [d for d in done if not d.skipped and (d.step == 1 or d.step % every == 0)]

@@ -1,6 +1,6 @@
 """PyTorch Lightning callback: ``Trainer(callbacks=[TxwatchCallback(run="...")])``.
 
-Watches the LightningModule and its (first) optimizer like ``watch()`` does, and adds what Lightning knows:
+Watches the LightningModule and every optimizer it configures like ``watch()`` does, and adds what Lightning knows:
 the training loss returned by ``training_step`` (averaged over gradient-accumulation micro-batches), the
 training metrics logged in ``training_step`` (``self.log("train_acc", ...)`` -> ``train_acc``, named as Lightning's
 loggers name them and averaged over the step's micro-batches like the loss), the GradScaler of ``precision="16-mixed"`` (so gradient norms are unscaled and skipped steps counted), the
@@ -50,14 +50,15 @@ class TxwatchCallback(Callback):
         if kwargs.get("scaler") is None:  # '16-mixed' keeps its GradScaler on the precision plugin
             kwargs["scaler"] = scaler_in(getattr(trainer, "precision_plugin", None))
         optimizers = list(getattr(trainer, "optimizers", None) or [])
-        self.monitor = watch(pl_module, optimizers[0] if optimizers else None, **kwargs)
+        self.monitor = watch(pl_module, optimizers or None, **kwargs)  # every optimizer: a GAN's two
         self.monitor._set_step(trainer.global_step)
         self._pending, self._loss_step = {}, trainer.global_step
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         optimizers = list(getattr(trainer, "optimizers", None) or [])
-        if self.monitor is not None and optimizers and self.monitor._capture.optimizer is None:
-            self.monitor._attach_optimizer(optimizers[0])
+        if self.monitor is not None:
+            for optimizer in optimizers:  # attached once each (a second attach is a no-op)
+                self.monitor._attach_optimizer(optimizer)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._flush_loss(trainer)
