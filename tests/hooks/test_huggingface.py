@@ -147,3 +147,20 @@ def test_what_the_trainer_logs_is_stored_as_series_without_repeating_loss_or_eva
     assert [s for s, _ in sink.series("loss")] == steps  # the model's loss, not again from the logs
     assert [s for s, _ in sink.series("val_loss")] == [3, 6]  # evaluation only from on_evaluate
     assert not {n for n in sink.names() if n.startswith("eval_") or n == "epoch"}
+
+
+def test_micro_batch_losses_of_different_shapes_are_combined(tmp_path):
+    """A model may hand back a () loss in one micro-batch and a (1,) one in the next: still one mean."""
+    from types import SimpleNamespace
+
+    sink = MemorySender()
+    callback = TxwatchCallback(run="hf-shapes", project="frameworks", sender=sink, schedule_delay_s=0.02,
+                               system_interval_s=0, crash_hooks=False)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=32, vocab_size=64))
+    state = SimpleNamespace(global_step=0)
+    callback.on_train_begin(None, state, None, model=model, optimizer=None)
+    callback._losses = [torch.tensor(1.0), torch.tensor([3.0])]
+    state.global_step = 1
+    callback.on_step_end(None, state, None)
+    callback.on_train_end(None, state, None)
+    assert sink.series("loss") == [(1, 2.0)]

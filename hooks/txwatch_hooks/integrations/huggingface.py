@@ -70,14 +70,19 @@ class TxwatchCallback(TrainerCallback):
         if monitor is None:
             return
         monitor._set_step(state.global_step)  # a skipped step (fp16 overflow) still counts for the Trainer
-        if self._losses:
-            losses, self._losses = self._losses, []
+        if not self._losses:
+            return
+        losses, self._losses = self._losses, []
+        try:
             if len(losses) == 1:
                 value = losses[0]
-            else:
-                stacked = torch.stack(losses).float()  # on the device: no sync
+            else:  # on the device: no sync; reshaped, as micro-batches may hand back () and (1,) losses
+                stacked = torch.stack([loss.reshape(()) for loss in losses]).float()
                 value = stacked.sum() if self._losses_are_parts else stacked.mean()
-            monitor.log(step=state.global_step, loss=value)
+        except Exception as exc:  # losses on different devices (a model split across GPUs): never into the loop
+            monitor._guard.fail("transformers loss capture", exc, disable=False)
+            return
+        monitor.log(step=state.global_step, loss=value)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         monitor = self.monitor
