@@ -336,6 +336,14 @@ def test_overfitting_near_miss_a_ten_percent_bump_in_validation_loss():
     assert "overfitting" not in run_rules(_overfit(rise=0.06)).ids()
 
 
+def test_overfitting_near_miss_a_validation_loss_still_falling_fast():
+    """Each evaluation a new best, each a fraction of the last (a model learning fast): the median of the last
+    three is well above the newest, best, value. That is progress, not validation turning up."""
+    loss = curve(300, lambda s: 1.3 * math.exp(-s / 25) + 0.004, 0.05)
+    val = [0.131, 0.0238, 0.0105, 0.0077, 0.0064, 0.0061]  # a real LSTM's, every 50 steps
+    assert "overfitting" not in run_rules({"loss": points(loss), "val_loss": points(val, start=50, every=50)}).ids()
+
+
 def _early(loss: list[float], lr: list[float]) -> dict:
     return {"loss": points(loss), "lr/0": points(lr)}
 
