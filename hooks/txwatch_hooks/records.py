@@ -81,6 +81,7 @@ class SampledStep:
             skipped, scale = self.scaler.emit(builder, step, t)
             if skipped:  # overflowed scaled gradients and an untouched model: the scaler's business, not a blow-up
                 return
+        sampled: dict[str, float] = {}  # this step's unscaled per-parameter norms, as read once here
         if self.grads:
             squares = 0.0
             for names, norms in self.grads:
@@ -91,6 +92,7 @@ class SampledStep:
                     if name is None:  # another optimizer's parameter (SecondaryOptimizer)
                         continue
                     squares += v * v
+                    sampled[name] = v
                     if self.layers:
                         builder.add_point(wire.GRAD_NORM + name, step, t, v)
             # same total as torch.nn.utils.clip_grad_norm_: the L2 norm of the per-parameter norms
@@ -99,7 +101,7 @@ class SampledStep:
                 bad = sum(to_float(n) for n in self.nonfinite)
                 builder.add_point(wire.GRAD_NONFINITE + self.suffix, step, t, bad)
         if self.interval is not None:
-            self._emit_interval(builder, step, t)
+            self._emit_interval(builder, step, t, sampled)
         if self.updates:
             ratios = []
             for names, before, delta in self.updates:
@@ -118,7 +120,7 @@ class SampledStep:
                 worst = math.nan if any(r != r for r in ratios) else max(ratios)
                 builder.add_point(wire.UPDATE_RATIO_MAX + self.suffix, step, t, worst)
 
-    def _emit_interval(self, builder: BatchBuilder, step: int, t: float) -> None:
+    def _emit_interval(self, builder: BatchBuilder, step: int, t: float, sampled: dict[str, float]) -> None:
         """The interval's figures; already unscaled (``GradInterval.add`` divided each step by its scale)."""
         interval = self.interval
         builder.add_point(wire.GRAD_NORM_TOTAL_MAX, step, t, to_float(interval.total_max))
@@ -128,7 +130,6 @@ class SampledStep:
         if self.layers:
             # only where the interval's largest norm stands out from the sampled step's own (by SPIKE_RATIO):
             # elsewhere grad_norm/<param> says as much, and the per-layer volume stays what it was
-            sampled = {n: v for names, norms in self.grads or [] for n, v in zip(names, norms.tolist())}
             for names, maxima in interval.maxima:
                 for name, v in zip(names, maxima.tolist()):
                     last = sampled.get(name)

@@ -140,3 +140,23 @@ def test_the_cost_governor_thins_every_step_norms_where_they_cost_more_than_thei
     assert sorted(covered) == [1, 10, 20, 30, 40]
     assert covered[1] == 1 and all(1 <= covered[s] < 10 for s in (20, 30, 40))
     assert sorted(points(sink, "grad_norm_total")) == [1, 10, 20, 30, 40]  # samples are never thinned
+
+
+def test_a_spike_between_samples_is_seen_per_layer_under_a_grad_scaler(tiny, sink):
+    """With a GradScaler the sampled norms are read scaled and unscaled by the worker; the interval's per-layer
+    maxima are compared with the unscaled ones, so a spike still stands out."""
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    with txwatch_hooks.watch(tiny, opt, sender=sink, scaler=scaler, grad_every=10, update_every=0,
+                             every_step_cost=1, **FAST):
+        for step in range(1, 11):
+            x, y = batch_of(seed=step)
+            loss = torch.nn.functional.mse_loss(tiny(x), y) * (1000.0 if step == 7 else 1.0)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(tiny.parameters(), 1.0)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+    spike = points(sink, "grad_norm_max/encoder.weight")
+    assert 10 in spike and spike[10] > 100 * points(sink, "grad_norm/encoder.weight")[10]
