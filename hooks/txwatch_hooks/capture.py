@@ -95,6 +95,7 @@ class Capture:
         self._sentinels: list[Any] = []  # further optimizers' sentinels (their hook handles)
         self._secondary: list[SecondaryOptimizer] = []
         self._primary_params = 0  # _params[:n] are the first optimizer's; the others' follow
+        self._primary_names: set[str] = set()  # their names, once there are other optimizers
         self._norm_cost = 0.0  # seconds the every-step norms take on the training thread (moving average)
         self._step_cost = 0.0  # seconds a step takes (moving average)
         self._norm_stride = 1  # every-step norms on every Nth step (the cost governor, _govern)
@@ -129,6 +130,7 @@ class Capture:
         self._add_params(optimizer)
         if self.optimizer is not None:
             self._secondary.append(SecondaryOptimizer(self, optimizer, len(self._secondary) + 1, start))
+            self._primary_names = set(self._names[:self._primary_params])
             self._param_groups = groups_of(self._params)
             self._watch_backward(start)
             return
@@ -389,13 +391,7 @@ class Capture:
                 self.guard.fail("gradient capture", exc)
 
     def _step_points(self, step: int, now: float, wall: float) -> None:
-        values: dict[str, Any] = {}
-        for name, group in zip(self._lr_names, self.optimizer.param_groups):
-            lr = group.get("lr")
-            if isinstance(lr, torch.Tensor):
-                lr = lr.detach().clone()  # schedulers update tensor learning rates in place
-            if lr is not None:
-                values[name] = lr
+        values = lr_values(self._lr_names, self.optimizer)
         self._lrs = [group.get("lr") if isinstance(group.get("lr"), (int, float)) else None
                      for group in self.optimizer.param_groups]
         if self._last_post is not None:
@@ -457,8 +453,7 @@ class Capture:
                 self.guard.fail("update ratio", exc)
         grads, nonfinite = pending if pending is not None else (None, None)
         if grads and self._secondary:  # the other optimizers' parameters are sampled at their own steps
-            own = set(self._names[:self._primary_params])
-            grads = [([n if n in own else None for n in names], norms) for names, norms in grads]
+            grads = only(grads, self._primary_names)
         interval = self._interval.take() if grads else None
         if grads or updates:
             scaled = None
@@ -466,6 +461,24 @@ class Capture:
                 scaled = self.scaler.sample(scale, found)
             self._submit(SampledStep(step, wall, grads, nonfinite, updates, self.options.layers, scaled,
                                      interval))
+
+
+def lr_values(names: list[str], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Each param group's learning rate under its series name (a tensor LR copied: schedulers update it in
+    place, and the worker reads it later)."""
+    values: dict[str, Any] = {}
+    for name, group in zip(names, optimizer.param_groups):
+        lr = group.get("lr")
+        if isinstance(lr, torch.Tensor):
+            lr = lr.detach().clone()
+        if lr is not None:
+            values[name] = lr
+    return values
+
+
+def only(grads: list[tuple[list[str], torch.Tensor]], names: set[str]) -> list[tuple[list[str], torch.Tensor]]:
+    """Gradient norms with every parameter not in ``names`` named None (the worker skips those)."""
+    return [([n if n in names else None for n in group], norms) for group, norms in grads]
 
 
 class SecondaryOptimizer:
@@ -516,8 +529,7 @@ class SecondaryOptimizer:
             return
         try:
             step, wall = self._label(), time.time()
-            lrs = {name: group["lr"] for name, group in zip(self.lr_names, optimizer.param_groups)
-                   if isinstance(group.get("lr"), (int, float))}
+            lrs = lr_values(self.lr_names, optimizer)
             if lrs:
                 capture._submit(Points(step, wall, lrs))
             updates, grads = None, None
@@ -526,8 +538,7 @@ class SecondaryOptimizer:
                 updates = snapshot.finish([p.grad is not None for p in capture._params[self.start:self.stop]])
             latest = capture._latest
             if latest is not None and capture._due(step, capture.options.grad_every):
-                own = self.own  # this optimizer's parameters only, from the backward before its step
-                grads = [([n if n in own else None for n in names], norms) for names, norms in latest[0]]
+                grads = only(latest[0], self.own)  # its parameters only, from the backward before its step
             if updates or grads:
                 capture._submit(SampledStep(step, wall, grads, None, updates, capture.options.layers,
                                             suffix=self.suffix))

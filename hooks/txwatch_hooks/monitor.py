@@ -21,7 +21,7 @@ from txwatch_hooks.guard import Guard
 from txwatch_hooks.means import StepMeans
 from txwatch_hooks.options import Options, resolve_endpoint, resolve_token
 from txwatch_hooks.records import Event, Points
-from txwatch_hooks.roles import RunInfoUpdate, describe, watched_optimizers
+from txwatch_hooks.roles import RunInfoUpdate, describe
 from txwatch_hooks.scaler import check_scaler, find_scaler
 from txwatch_hooks.senders import EmbeddedSender, HttpSender, NullSender, ObjectSender
 from txwatch_hooks.spool import Spool
@@ -290,7 +290,7 @@ class Monitor:
         if model is None or self.rank != 0 or self._closed:
             return
         try:
-            roles = self._roles(model, watched_optimizers(self._capture))
+            roles = self._roles(model, self._capture.optimizers)
             if roles and any(self._run_info.get(k) != v for k, v in roles.items()):
                 self._run_info = {**self._run_info, **roles}
                 self._transport.submit(RunInfoUpdate(self._run_info))

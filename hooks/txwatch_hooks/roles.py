@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -40,8 +41,8 @@ _NORM_CLASS_NAME = re.compile(r"Norm(\d[dD])?$")
 _LAYERS_WITH_CHILDREN = (torch.nn.MultiheadAttention, torch.nn.Transformer)
 
 
-def describe(model: torch.nn.Module, optimizers: Any = None) -> dict[str, list[dict[str, Any]]]:
-    """``{"params": [...], "param_groups": [...]}`` for ``model`` and its optimizer(s) (None, one, or a list).
+def describe(model: torch.nn.Module, optimizers: Sequence[Any] = ()) -> dict[str, list[dict[str, Any]]]:
+    """``{"params": [...], "param_groups": [...]}`` for ``model`` and its optimizers (or their wrappers).
 
     One entry per distinct parameter tensor, in ``named_parameters()`` order, at most ``wire.MAX_LAYERS``;
     see docs/design.md for the fields. Parameters no optimizer holds have ``group`` None.
@@ -106,11 +107,11 @@ def _distinct(model: torch.nn.Module):
         yield names[0], names[1:], param, owners
 
 
-def _groups(optimizers: Any) -> tuple[list[dict[str, Any]], dict[int, int]]:
+def _groups(optimizers: Sequence[Any]) -> tuple[list[dict[str, Any]], dict[int, int]]:
     """The param groups of every optimizer, numbered across them, and which group holds each parameter."""
     groups: list[dict[str, Any]] = []
     group_of: dict[int, int] = {}
-    for o, optimizer in enumerate(_optimizer_list(optimizers)):
+    for o, optimizer in enumerate(unwrap_optimizer(each) for each in optimizers):
         for g, group in enumerate(optimizer.param_groups):
             if len(groups) >= MAX_GROUPS:
                 return groups, group_of
@@ -122,14 +123,6 @@ def _groups(optimizers: Any) -> tuple[list[dict[str, Any]], dict[int, int]]:
     return groups, group_of
 
 
-def _optimizer_list(optimizers: Any) -> list[torch.optim.Optimizer]:
-    if optimizers is None:
-        return []
-    if isinstance(optimizers, (list, tuple)):
-        return [unwrap_optimizer(o) for o in optimizers if o is not None]
-    return [unwrap_optimizer(optimizers)]
-
-
 def _number(value: Any) -> float | None:
     """A JSON-safe float from a number or a one-element tensor (an LR may be a tensor); None otherwise."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:
@@ -137,14 +130,6 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
-
-
-def watched_optimizers(capture: Any) -> list[Any]:
-    """The optimizers a ``Capture`` follows (one today; a list where it follows several)."""
-    several = getattr(capture, "optimizers", None)
-    if several:
-        return list(several)
-    return [capture.optimizer] if capture.optimizer is not None else []
 
 
 class RunInfoUpdate:
