@@ -166,8 +166,9 @@ def store(
         claim_cur, series_cur, runs_cur = dbapi.cursor(), dbapi.cursor(), dbapi.cursor()
         claim_cur.execute(_CLAIM, (now, *map(list, zip(*claim))))
         ids: dict[int, dict[str, int]] = {run_id: {} for run_id in run_ids}  # filled from the lock if missing
-        if missing:  # created in name order, as the classic path does
-            series_cur.execute(_SERIES_INSERT, ([r for r, _ in missing], [n for _, n in missing]))
+        if missing:  # created in name order, as the classic path does; on a cursor of its own: in pipeline
+            # mode a cursor's fetchall() can meet the INSERT's result instead of the lock's that follows it
+            dbapi.cursor().execute(_SERIES_INSERT, ([r for r, _ in missing], [n for _, n in missing]))
             series_cur.execute(_SERIES_LOCK_BY_NAME, ([r for r, _ in wanted], [n for _, n in wanted]))
         else:
             for r, n in wanted:
