@@ -56,6 +56,16 @@ class Settings(BaseSettings):
             raise ValueError("host must not be empty (use 127.0.0.1 for this machine only)")
         return v
 
+    @field_validator("token", "slack_token", "slack_webhook_url", "webhook_url", mode="before")
+    @classmethod
+    def _secret_not_empty(cls, v: Any, info) -> Any:
+        # An empty secret is a mistake (an unset variable expanded to ""), never a choice: TXWATCH_TOKEN=""
+        # would otherwise pass the "token required off loopback" check and accept "Bearer " with nothing after it.
+        raw = v.get_secret_value() if isinstance(v, SecretStr) else v
+        if isinstance(raw, str) and not raw.strip():
+            raise ValueError(f"{info.field_name} is set but empty: give it a value, or unset it")
+        return v
+
     @model_validator(mode="after")
     def _token_off_loopback(self) -> Settings:
         if not self.is_loopback() and self.token is None:

@@ -10,6 +10,8 @@ still carried out: "the response was lost"), or a Slack error such as ``invalid_
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 import time
 from collections import defaultdict, deque
@@ -28,7 +30,9 @@ class Reply:
 
     status/body/headers: answer with these instead of doing the work (``error="invalid_auth"`` is shorthand for
     ``{"ok": false, "error": ...}`` with HTTP 200). ``delay_s`` with ``perform=True``: do the work, then answer
-    late (a client with a shorter timeout loses the response, but the message exists).
+    late (a client with a shorter timeout loses the response, but the message exists). With ``perform=True``,
+    ``reset=True`` drops the connection (TCP reset) instead of answering, and ``status`` >= 500 answers that
+    error: either way the work was done and the client cannot know it.
     """
 
     status: int = 200
@@ -37,6 +41,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     perform: bool = False
+    reset: bool = False
 
 
 @dataclass
@@ -250,7 +255,17 @@ class _Handler(BaseHTTPRequestHandler):
             status, headers_out, body = st.handle(method, headers, args)
         if reply is not None and reply.delay_s:
             st._stop.wait(reply.delay_s)  # the work is done; the answer comes too late for the client
+        if reply is not None and reply.reset:
+            return self._reset()
+        if reply is not None and reply.status >= 500:
+            return self._send(reply.status, reply.headers, {"ok": False, "error": "internal_error"})
         self._send(status, headers_out, body)
+
+    def _reset(self) -> None:
+        """Drop the connection with a TCP reset (SO_LINGER 0), as a proxy or a load balancer losing it would."""
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
 
     def _send(self, status: int, headers: dict[str, str], body: Any) -> None:
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()

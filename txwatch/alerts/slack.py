@@ -7,7 +7,10 @@ Exactly once with a bot token: every message carries Slack message ``metadata`` 
 notifications it delivers. When a notification is attempted again after an attempt that may have reached Slack
 (it timed out with the request sent, or the dispatcher died between posting and recording), the sink first looks
 for a message with its key (``conversations.history``, or ``conversations.replies`` in the thread) and records
-that one instead of posting again. Needs ``channels:history`` (``groups:history`` for private channels); when the
+that one instead of posting again. The same lookup comes before each quick retry inside one attempt (a connection
+reset, or a 500/503, after which the message may exist all the same): ``chat.postMessage`` goes through a client
+whose only in-call retry is a 429 (Slack refused, nothing was posted), and ``_post`` retries the rest itself,
+looking first. Needs ``channels:history`` (``groups:history`` for private channels); when the
 lookup is refused the sink logs it once and posts (at least once). Incoming webhooks cannot be searched, so that
 mode is at-least-once after a lost response.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import time
 from datetime import timedelta
 from typing import Any
 from urllib.error import URLError
@@ -40,6 +44,7 @@ log = logging.getLogger(__name__)
 
 SLACK_TIMEOUT_S = 10.0  # one HTTP call; Slack answers in well under a second when healthy
 SDK_RETRIES = 2  # retries inside one attempt (connection errors, 500/503, short rate limits); then the outbox backs off
+POST_BACKOFF_S = 0.5  # a post retried inside the attempt waits this, then twice as long (slack-sdk's backoff)
 INLINE_RETRY_AFTER_MAX_S = 5  # wait out a Retry-After this short inside the call; longer ones go back to the outbox
 METADATA_EVENT = "txwatch_notification"
 LOOKBACK_S = 300  # look for an earlier attempt's message from this long before the notification was decided
@@ -152,11 +157,16 @@ class SlackSink:
         logger = sdk_logger("txwatch.alerts.slack.sdk")
         self.client: WebClient | None = None
         self.webhook: WebhookClient | None = None
+        self._poster: WebClient | None = None
         if token:
             kwargs: dict[str, Any] = {}
             if base_url:
                 kwargs["base_url"] = base_url if base_url.endswith("/") else base_url + "/"
             self.client = WebClient(token=token, timeout=timeout_s, logger=logger, retry_handlers=handlers, **kwargs)
+            # Posting is not idempotent: a reset or a 500 may come after Slack stored the message, so only a 429
+            # (nothing posted) is retried in the SDK; _post retries the rest after looking for the message.
+            self._poster = WebClient(token=token, timeout=timeout_s, logger=logger, retry_handlers=[handlers[1]],
+                                     **kwargs)
         else:
             self.webhook = WebhookClient(url=webhook_url, timeout=timeout_s, logger=logger, retry_handlers=handlers)
         self._channel_ids: dict[str, str] = {}
@@ -205,7 +215,7 @@ class SlackSink:
             return results
         mention = next((r.payload.get("mention") for r in todo if r.payload.get("mention")), None)
         text, blks = blocks.group_message([r.payload for r in todo], mention)
-        ref = self._post(todo, text, blks)
+        ref = self._post(todo, text, blks, ledger=ledger)
         ref["group"] = [r.diagnosis_id for r in todo]
         for r in todo:
             results[r.id] = sent(ref)
@@ -223,7 +233,7 @@ class SlackSink:
                     return sent(found[row.dedupe_key])
             d = row.payload["diagnosis"]
             text, blks = blocks.single_message(row.payload, note=f":repeat: still firing at step {d.get('last_step')}")
-            ref = self._post([row], text, blks)
+            ref = self._post([row], text, blks, ledger=ledger)
             ref["group"] = [row.diagnosis_id]
             return sent(ref)
         if row.maybe_sent:
@@ -231,7 +241,7 @@ class SlackSink:
             if row.dedupe_key in found:
                 return sent(found[row.dedupe_key])
         text, blks = blocks.update_reply(row.payload)
-        return sent(self._post([row], text, blks, channel=anchor["channel"], thread_ts=anchor["ts"]))
+        return sent(self._post([row], text, blks, ledger=ledger, channel=anchor["channel"], thread_ts=anchor["ts"]))
 
     def _resolve(self, row: Claimed, ledger: Ledger) -> Result:
         anchor, waiting = ledger.anchor(row)
@@ -241,14 +251,14 @@ class SlackSink:
             return skipped("nothing was posted for this episode, so there is nothing to resolve")
         if self.mode == "webhook":
             text, blks = blocks.single_message(row.payload)
-            return sent(self._post([row], text, blks))
+            return sent(self._post([row], text, blks, ledger=ledger))
         self._edit_resolved(row, anchor, ledger)
         if row.maybe_sent:
             found = self._find_posted(ledger, [row], thread_ts=anchor["ts"], channel=anchor["channel"])
             if row.dedupe_key in found:
                 return sent(found[row.dedupe_key])
         text, blks = blocks.resolve_reply(row.payload)
-        ref = self._post([row], text, blks, channel=anchor["channel"], thread_ts=anchor["ts"])
+        ref = self._post([row], text, blks, ledger=ledger, channel=anchor["channel"], thread_ts=anchor["ts"])
         ref["updated"] = anchor["ts"]
         return sent(ref)
 
@@ -276,12 +286,13 @@ class SlackSink:
             if row.dedupe_key in found:
                 return sent(found[row.dedupe_key])
         text, blks = blocks.digest_message(row.payload["digest"])
-        return sent(self._post([row], text, blks))
+        return sent(self._post([row], text, blks, ledger=ledger))
 
     # -- Slack calls --------------------------------------------------------------------------------------------
 
     def _post(
-        self, rows: list[Claimed], text: str, blks: list[dict], *, channel: str | None = None, thread_ts: str | None = None
+        self, rows: list[Claimed], text: str, blks: list[dict], *, ledger: Ledger, channel: str | None = None,
+        thread_ts: str | None = None,
     ) -> dict[str, Any]:
         metadata = {
             "event_type": METADATA_EVENT,
@@ -298,10 +309,21 @@ class SlackSink:
         kwargs: dict[str, Any] = {}
         if thread_ts:
             kwargs["thread_ts"] = thread_ts
-        resp = self.client.chat_postMessage(
-            channel=channel or rows[0].target, text=text, blocks=blks, unfurl_links=False, unfurl_media=False,
-            metadata=metadata, **kwargs,
-        )
+        for attempt in range(SDK_RETRIES + 1):
+            if attempt:
+                time.sleep(POST_BACKOFF_S * 2 ** (attempt - 1))
+                found = self._find_posted(ledger, rows, thread_ts=thread_ts, channel=channel)
+                if all(r.dedupe_key in found for r in rows):
+                    return found[rows[0].dedupe_key]
+            try:
+                resp = self._poster.chat_postMessage(
+                    channel=channel or rows[0].target, text=text, blocks=blks, unfurl_links=False,
+                    unfurl_media=False, metadata=metadata, **kwargs,
+                )
+                break
+            except Exception as exc:
+                if attempt == SDK_RETRIES or not _may_have_posted(exc):
+                    raise
         ref = {"channel": resp["channel"], "ts": resp["ts"]}
         if thread_ts:
             ref["thread_ts"] = thread_ts
@@ -438,6 +460,15 @@ class SlackSink:
         if key not in self._warned:
             self._warned.add(key)
             log.warning(msg, *args)
+
+
+def _may_have_posted(exc: BaseException) -> bool:
+    """A failure worth a quick retry that may nonetheless have posted: a dropped connection or a 500/503.
+    (A timeout is not retried here: it already waited the whole timeout; the outbox tries again later.)"""
+    if isinstance(exc, SlackApiError):
+        return getattr(exc.response, "status_code", 0) in (500, 503)
+    reason = exc.reason if isinstance(exc, URLError) else exc
+    return isinstance(reason, ConnectionError)
 
 
 def _code(exc: SlackApiError) -> str | None:

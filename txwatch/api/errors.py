@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from txwatch.collector.schema import SCHEMA_VERSION
+from txwatch.collector.schema import MAX_TIMESTAMP, SCHEMA_VERSION
 
 MAX_DETAILS = 20  # a batch with 10,000 bad points gets the first 20 problems, and the count
 MAX_GOT_CHARS = 80
@@ -73,6 +73,8 @@ def _problem(err: dict) -> str:
         part = ("step", "time", "value")[loc[3]]
         if err.get("type") == "missing":
             return f"each point is [step, time, value]: this one has no {part}"
+        if part == "time" and err.get("type") in ("greater_than_equal", "less_than_equal"):
+            return f"time of a [step, time, value] point: unix seconds from 0 to {MAX_TIMESTAMP:g} (year 5138)"
         return f"{part} of a [step, time, value] point: {msg}"
     if err.get("type") == "too_long" and loc[:1] == ("series",) and len(loc) == 3:
         return f"each point is [step, time, value]: {msg}"

@@ -21,8 +21,9 @@ Timestamp = Annotated[float, Field(ge=0, le=MAX_TIMESTAMP)]
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 MetricName = Annotated[str, StringConstraints(pattern=METRIC_PATTERN)]
-# [step, time, value]; value may be NaN or +/-Inf (a symptom, not bad input)
-PointTriple = tuple[Annotated[int, Field(ge=0, le=2**62)], float, float]
+# [step, time, value]; value may be NaN or +/-Inf (a symptom, not bad input); time is a Timestamp like any other
+# (unbounded, 1e300 or -5 was stored and then broke every reader that turns it into a datetime)
+PointTriple = tuple[Annotated[int, Field(ge=0, le=2**62)], Timestamp, float]
 
 
 def _storable(value: Any) -> Any:
@@ -127,9 +128,6 @@ class Batch(BaseModel):
                 raise ValueError(
                     f"series {name!r} has {len(points)} points; at most {MAX_POINTS_PER_SERIES} per batch"
                 )
-            for step, t, _value in points:
-                if not math.isfinite(t):
-                    raise ValueError(f"series {name!r} step {step}: time must be finite unix seconds")
         return v
 
     def point_count(self) -> int:

@@ -1,0 +1,98 @@
+"""The faults a hostile week brings (issue #16), each as a user meets it, against real components.
+
+Slack: the real slack-sdk against the local stand-in, which stores a post and then resets the connection.
+PostgreSQL: the real server behind a TCP proxy the test can stall. A full disk: a small tmpfs (root only).
+Cross-site requests: a plain HTTP client sending what a browser would. Network traffic stays on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from tests.alerts.slack_standin import TOKEN as SLACK_TOKEN
+from tests.alerts.slack_standin import Reply, SlackStandin
+from tests.collector.batches import T0, batch, dumps
+from tests.live import start_live
+from txwatch.settings import SettingsError, load_settings
+
+ALERTS = "C0ALERTS1"
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture
+def slack():
+    with SlackStandin() as standin:
+        yield standin
+
+
+def _wait(predicate, timeout_s: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout_s}s")
+        time.sleep(0.05)
+
+
+def _nan_loss(run: str, seq: int = 1) -> bytes:
+    return dumps(batch(run, seq=seq, series={"loss": [[1, T0 + 1, 2.0], [2, T0 + 2, float("nan")]]}))
+
+
+# -- 1. Slack: a post whose answer is lost is not posted again --------------------------------------------------
+
+
+@pytest.mark.parametrize("lost", [Reply(perform=True, reset=True), Reply(perform=True, status=500)],
+                         ids=["reset-after-storing", "500-after-storing"])
+def test_a_slack_post_whose_answer_is_lost_reaches_the_channel_once(tmp_path, slack, lost):
+    live = start_live(db_url=f"sqlite:///{tmp_path / 'tx.db'}", slack_token=SLACK_TOKEN, slack_channel="#alerts",
+                      slack_base_url=slack.base_url, group_window_s=0)
+    try:
+        slack.script("chat.postMessage", lost)
+        with live.client() as c:
+            assert c.post("/api/v1/ingest", content=_nan_loss("lost-answer"), headers=JSON).status_code == 200
+        _wait(lambda: slack.top_level(ALERTS), what="the diagnosis posted")
+        time.sleep(3)  # room for the retries (0.5 s, then 1 s) a lost answer used to bring
+        assert len(slack.top_level(ALERTS)) == 1
+        assert len(slack.calls("chat.postMessage")) == 1  # the lookup before the retry found it
+    finally:
+        live.stop()
+
+
+# -- 3. An empty secret is a settings error, not "no secret" ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["TXWATCH_TOKEN", "TXWATCH_SLACK_TOKEN", "TXWATCH_WEBHOOK_URL"])
+def test_an_empty_secret_in_the_environment_is_refused_by_name(monkeypatch, name):
+    monkeypatch.setenv(name, "")
+    monkeypatch.setenv("TXWATCH_HOST", "0.0.0.0")
+    with pytest.raises(SettingsError, match=name.removeprefix("TXWATCH_").lower() + ".*empty"):
+        load_settings()
+
+
+# -- 10. A point's time is bounded at ingest --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("t", [1e300, -5.0, float("inf")])
+def test_a_point_time_out_of_range_is_a_422_naming_the_point_and_nothing_is_stored(tmp_path, t):
+    live = start_live(db_url=f"sqlite:///{tmp_path / 'tx.db'}")
+    try:
+        with live.client() as c:
+            body = dumps(batch("times", seq=1, series={"loss": [[1, T0, 1.0], [2, t, 0.9]]}))
+            r = c.post("/api/v1/ingest", content=body, headers=JSON)
+            assert r.status_code == 422, r.text
+            assert r.json()["details"][0]["field"] == "series.loss.1.1"
+            assert "unix seconds from 0 to 1e+11" in r.json()["error"]
+            assert c.get("/api/v1/runs").json() == [] or "times" not in json.dumps(c.get("/api/v1/runs").json())
+            # the same batch with a good time is taken, and reads back
+            good = dumps(batch("times", seq=1, series={"loss": [[1, T0, 1.0], [2, T0 + 1, 0.9]]}))
+            assert c.post("/api/v1/ingest", content=good, headers=JSON).status_code == 200
+            pts = c.get("/api/v1/runs/p/times/series/loss").json()
+            assert len(pts["points"] if isinstance(pts, dict) else pts) == 2
+    finally:
+        live.stop()
