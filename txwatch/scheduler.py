@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,38 @@ DISPATCH_INTERVAL_S = 1.0  # notifications leave within about a second of being 
 RETENTION_INTERVAL_S = 3600.0
 CHECKPOINT_INTERVAL_S = 60.0  # keeps the SQLite WAL file from growing between automatic checkpoints
 JOB_THREADS = 4
+# A job still running when its next turn comes is skipped, and APScheduler warns each time: a dispatch held up by a
+# slow Slack logged that every second (574 lines in 9.5 minutes). Each distinct line is let through once this often.
+REPEATED_LOG_EVERY_S = 60.0
+
+
+class _Repeats(logging.Filter):
+    """Lets each distinct log line (message and arguments) through once per ``every_s``; the next one that passes
+    says how many were held back meanwhile."""
+
+    def __init__(self, every_s: float = REPEATED_LOG_EVERY_S):
+        super().__init__()
+        self.every_s = every_s
+        self._seen: dict[tuple, list[float]] = {}  # (msg, args) -> [last passed at, held back since]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.msg, repr(record.args))
+        now = time.monotonic()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.every_s:
+            seen[1] += 1
+            return False
+        if seen is not None and seen[1]:
+            record.msg = f"{record.msg} (and {int(seen[1])} more times in the last {self.every_s:g} s)"
+        if len(self._seen) > 1000:  # bounded: one entry per job and message, in practice a handful
+            self._seen.clear()
+        self._seen[key] = [now, 0]
+        return True
+
+
+# APScheduler's own lines go through this logger (a child of ours), rate-limited as above.
+_APS_LOG = logging.getLogger(__name__ + ".apscheduler")
+_APS_LOG.addFilter(_Repeats())
 
 
 class Scheduler:
@@ -45,6 +78,7 @@ class Scheduler:
             executors={"default": ThreadPoolExecutor(JOB_THREADS, pool_kwargs={"thread_name_prefix": "txwatch.scheduler"})},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
             timezone=timezone.utc,
+            logger=_APS_LOG,
         )
         self._hostname = socket.gethostname()
         add = self._add

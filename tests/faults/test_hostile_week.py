@@ -8,6 +8,7 @@ Cross-site requests: a plain HTTP client sending what a browser would. Network t
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import httpx
@@ -94,5 +95,24 @@ def test_a_point_time_out_of_range_is_a_422_naming_the_point_and_nothing_is_stor
             assert c.post("/api/v1/ingest", content=good, headers=JSON).status_code == 200
             pts = c.get("/api/v1/runs/p/times/series/loss").json()
             assert len(pts["points"] if isinstance(pts, dict) else pts) == 2
+    finally:
+        live.stop()
+
+
+# -- 12. A slow dispatch is said once, not every second ---------------------------------------------------------
+
+
+def test_a_slow_slack_holding_up_dispatch_is_logged_once_not_every_second(tmp_path, slack, caplog):
+    live = start_live(db_url=f"sqlite:///{tmp_path / 'tx.db'}", slack_token=SLACK_TOKEN, slack_channel="#alerts",
+                      slack_base_url=slack.base_url, group_window_s=0)
+    try:
+        slack.script("chat.postMessage", Reply(perform=True, delay_s=5.5))  # Slack answers, but slowly
+        with caplog.at_level(logging.WARNING), live.client() as c:
+            assert c.post("/api/v1/ingest", content=_nan_loss("slow-slack"), headers=JSON).status_code == 200
+            _wait(lambda: slack.calls("chat.postMessage"), what="the post")
+            time.sleep(6.5)
+        skipped = [r for r in caplog.records if "maximum number of running instances" in r.getMessage()]
+        assert len(skipped) == 1, [r.getMessage() for r in skipped]  # the dispatch job overlapped ~5 times
+        assert len(slack.top_level(ALERTS)) == 1
     finally:
         live.stop()
