@@ -51,7 +51,8 @@ JOB_DURATION = Histogram(
     "txwatch_job_duration_seconds", "Background job run time, by job.", ["job"],
     buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0), registry=REGISTRY,
 )
-for _reason in ("invalid", "malformed_json", "schema_version", "too_large", "unauthorized", "unavailable"):
+for _reason in ("invalid", "malformed_json", "schema_version", "too_large", "unauthorized", "unavailable",
+                "content_type"):
     BATCHES_REJECTED.labels(_reason)  # present at 0 from the start, so rate() works on the first rejection
 for _result in ("accepted", "duplicate"):
     BATCHES.labels(_result)

@@ -33,7 +33,8 @@ def api_schema(request, tmp_path_factory):
 
     # one real run, so the run routes also answer 200 for project "p", run "r"
     httpx.post(live.url + "/api/v1/ingest", content=dumps(batch(series=steps("loss", 0, 50)
-                                                                | steps("grad_norm/w", 0, 50))))
+                                                                | steps("grad_norm/w", 0, 50))),
+               headers={"content-type": "application/json"})
     yield schemathesis.openapi.from_url(live.url + "/openapi.json")
     live.stop()
     if cleanup:

@@ -7,7 +7,6 @@ Cross-site requests: a plain HTTP client sending what a browser would. Network t
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -89,12 +88,11 @@ def test_a_point_time_out_of_range_is_a_422_naming_the_point_and_nothing_is_stor
             assert r.status_code == 422, r.text
             assert r.json()["details"][0]["field"] == "series.loss.1.1"
             assert "unix seconds from 0 to 1e+11" in r.json()["error"]
-            assert c.get("/api/v1/runs").json() == [] or "times" not in json.dumps(c.get("/api/v1/runs").json())
+            assert c.get("/api/v1/runs").json()["runs"] == []
             # the same batch with a good time is taken, and reads back
             good = dumps(batch("times", seq=1, series={"loss": [[1, T0, 1.0], [2, T0 + 1, 0.9]]}))
             assert c.post("/api/v1/ingest", content=good, headers=JSON).status_code == 200
-            pts = c.get("/api/v1/runs/p/times/series/loss").json()
-            assert len(pts["points"] if isinstance(pts, dict) else pts) == 2
+            assert [p["time"] for p in c.get("/api/v1/runs/p/times/series/loss").json()["points"]] == [T0, T0 + 1]
     finally:
         live.stop()
 
@@ -114,5 +112,43 @@ def test_a_slow_slack_holding_up_dispatch_is_logged_once_not_every_second(tmp_pa
         skipped = [r for r in caplog.records if "maximum number of running instances" in r.getMessage()]
         assert len(skipped) == 1, [r.getMessage() for r in skipped]  # the dispatch job overlapped ~5 times
         assert len(slack.top_level(ALERTS)) == 1
+    finally:
+        live.stop()
+
+
+# -- 7. No other site gets in through the user's browser --------------------------------------------------------
+
+
+def test_a_page_on_another_site_can_neither_write_nor_read_runs_on_the_loopback_default(tmp_path):
+    live = start_live(db_url=f"sqlite:///{tmp_path / 'tx.db'}")
+    try:
+        body = dumps(batch("mine", seq=1, series={"loss": [[1, T0, 1.0]]}))
+        # What a page on evil.example can send without a preflight: a text/plain POST from its origin.
+        r = httpx.post(live.url + "/api/v1/ingest", content=body, timeout=10,
+                       headers={"Content-Type": "text/plain", "Origin": "http://evil.example"})
+        assert r.status_code == 403 and "cross-site" in r.json()["error"]
+        # Without the Origin (an old browser, a form), still no: ingest takes JSON only.
+        r = httpx.post(live.url + "/api/v1/ingest", content=body, timeout=10, headers={"Content-Type": "text/plain"})
+        assert r.status_code == 415 and "application/json" in r.json()["error"]
+        # DNS rebinding: evil.example now resolves to 127.0.0.1; the browser sends its name as the Host.
+        for path in ("/api/v1/runs", "/"):
+            r = httpx.get(live.url + path, headers={"Host": "evil.example:8642"}, timeout=10)
+            assert r.status_code == 403 and "evil.example" in r.json()["error"], path
+        with live.client() as c:
+            assert c.get("/api/v1/runs").json()["runs"] == []  # nothing of the above was stored
+            # The user's own clients: the hooks (JSON, no Origin) and the web page (same-origin) are served.
+            assert c.post("/api/v1/ingest", content=body, headers=JSON).status_code == 200
+            r = c.get("/api/v1/runs", headers={"Origin": live.url, "Host": "localhost"})
+            assert r.status_code == 200 and r.json()["runs"][0]["name"] == "mine"
+    finally:
+        live.stop()
+
+
+def test_with_a_token_other_names_are_served(tmp_path):
+    live = start_live(db_url=f"sqlite:///{tmp_path / 'tx.db'}", token="s3cret-token")
+    try:
+        r = httpx.get(live.url + "/api/v1/runs", headers={"Host": "txwatch.example.com",
+                                                         "Authorization": "Bearer s3cret-token"}, timeout=10)
+        assert r.status_code == 200
     finally:
         live.stop()

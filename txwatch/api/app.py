@@ -45,6 +45,10 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     app.add_middleware(ContentLengthLimit, limit=services.settings.max_body_bytes)
+    if services.settings.is_loopback() and services.settings.token is None:
+        from txwatch.api.hosts import LocalOnly
+
+        app.add_middleware(LocalOnly, public_url=services.settings.public_url)
     app.add_exception_handler(RequestValidationError, errors.request_validation_handler)
     app.add_exception_handler(StarletteHTTPException, errors.http_exception_handler)
     app.add_exception_handler(DataError, errors.data_error_handler)

@@ -64,7 +64,8 @@ async def read_limited(request: Request, limit: int) -> bytes:
     response_model=IngestAck,
     dependencies=[Depends(require_token)],
     summary="Store one batch from the hooks (idempotent on run, rank, seq)",
-    responses={**ERRORS, 413: {"model": ErrorBody, "description": "body larger than max_body_bytes"}},
+    responses={**ERRORS, 413: {"model": ErrorBody, "description": "body larger than max_body_bytes"},
+               415: {"model": ErrorBody, "description": "body not sent as application/json"}},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -73,6 +74,14 @@ async def read_limited(request: Request, limit: int) -> bytes:
     },
 )
 async def ingest(request: Request, services: Services = Depends(get_services)):
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        # Not a formality: a browser sends text/plain (or a form) cross-site without asking first; JSON it does not.
+        exporter.BATCHES_REJECTED.labels("content_type").inc()
+        return error_response(
+            415, f"send the batch as Content-Type: application/json (got {media_type[:60] or 'none'!r})",
+            [{"field": "(header) content-type", "problem": "must be application/json"}],
+        )
     limit = services.settings.max_body_bytes
     try:
         body = await read_limited(request, limit)
