@@ -103,6 +103,21 @@ def jsonable(value: Any, _depth: int = 0) -> Any:
     return str(value)
 
 
+def _encode(batch: dict[str, Any]) -> bytes:
+    """The batch as UTF-8 JSON. Text Python could not decode (``surrogateescape``: a file name from
+    ``os.listdir`` that is not UTF-8) holds lone surrogates, which no JSON reader takes: they become U+FFFD,
+    so a config or an exception text with one still arrives instead of failing the whole batch."""
+    # allow_nan: NaN and Infinity literals are part of the format (a NaN loss is a symptom)
+    text = json.dumps(batch, allow_nan=True, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # rare: only then pay for a second pass
+        return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 @dataclass
 class SealedBatch:
     """A batch ready to send: immutable bytes plus what the spool and the drop counts need."""
@@ -168,8 +183,7 @@ class BatchBuilder:
         batch["series"] = self.series
         batch["events"] = self.events
         batch["client"] = client
-        # allow_nan: NaN and Infinity literals are part of the format (a NaN loss is a symptom)
-        data = json.dumps(batch, allow_nan=True, separators=(",", ":")).encode()
+        data = _encode(batch)
         sealed = SealedBatch(self.next_seq, data, self.points, len(self.events))
         self.next_seq += 1
         self.run_info = None

@@ -152,3 +152,56 @@ def test_with_a_token_other_names_are_served(tmp_path):
         assert r.status_code == 200
     finally:
         live.stop()
+
+
+# -- 2. Text Python could not decode (a non-UTF-8 file name) still arrives ---------------------------------------
+
+
+def test_a_non_utf8_file_name_in_the_config_and_the_crash_reaches_the_collector(tmp_path):
+    import os
+
+    import torch
+    import txwatch_hooks
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / os.fsdecode(b"caf\xe9.bin")).write_bytes(b"")  # Latin-1 bytes: os.listdir gives 'caf\udce9.bin'
+    [name] = os.listdir(data)
+    assert "\udce9" in name
+    live = start_live(db_url=f"sqlite:///{tmp_path / 'tx.db'}")
+    try:
+        model = torch.nn.Linear(4, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with pytest.raises(FileNotFoundError):
+            with txwatch_hooks.watch(model, opt, run="latin1", project="p", endpoint=live.url, config={"files": [name]},
+                                     spool_dir=tmp_path / "spool", system_interval_s=0, crash_hooks=False,
+                                     schedule_delay_s=0.05) as monitor:
+                for _ in range(3):
+                    model(torch.randn(2, 4)).sum().backward()
+                    opt.step()
+                    opt.zero_grad()
+                    monitor.log(loss=1.0)
+                raise FileNotFoundError(f"cannot read {data / name}")
+        with live.client() as c:
+            run = _wait(lambda: c.get("/api/v1/runs/p/latin1").json() if c.get("/api/v1/runs/p/latin1").status_code
+                        == 200 else None, what="the run")
+            assert run["config"] == {"files": ["caf\ufffd.bin"]}
+            assert run["status"] == "crashed"
+            _wait(lambda: c.get("/api/v1/diagnoses", params={"run": "p/latin1", "rule": "run-crashed"})
+                  .json()["diagnoses"], what="run-crashed")
+    finally:
+        live.stop()
+
+
+def test_a_lone_surrogate_that_still_arrives_is_a_422_naming_the_field(tmp_path):
+    live = start_live(db_url=f"sqlite:///{tmp_path / 'tx.db'}")
+    try:
+        body = dumps(batch("old-hooks", seq=1, run_info={"host": "gpu-1", "config": {"path": "caf\udce9.bin"}}))
+        assert b"\\udce9" in body  # what an older txwatch-hooks sent
+        with live.client() as c:
+            r = c.post("/api/v1/ingest", content=body, headers=JSON)
+            assert r.status_code == 422, r.text
+            assert r.json()["details"] == [{"field": "run_info.config.path", "problem": r.json()["details"][0]["problem"]}]
+            assert "not valid Unicode" in r.json()["error"]
+    finally:
+        live.stop()

@@ -95,12 +95,17 @@ def details_from(errors: list[dict], skip_body: bool = True) -> list[dict]:
     return out
 
 
-def batch_error(errors: list[dict]) -> tuple[int, str, str, list[dict]]:
+def batch_error(errors: list[dict], body: bytes = b"") -> tuple[int, str, str, list[dict]]:
     """(status, reason label, one-line error, details) for a batch that failed validation."""
     for err in errors:
         if err.get("type") == "json_invalid":
             ctx = err.get("ctx", {}) or {}
             where = ctx.get("error", err.get("msg", ""))
+            field = _lone_surrogate_at(body) if "surrogate" in str(where) else None
+            if field is not None:
+                problem = ("text that is not valid Unicode (a lone surrogate escape, e.g. a file name that is not "
+                           "UTF-8): send valid UTF-8 (txwatch-hooks replace such characters with U+FFFD)")
+                return 422, "invalid", f"invalid batch: {field}: {problem}", [{"field": field, "problem": problem}]
             return 400, "malformed_json", f"malformed JSON: {where}", [{"field": "(body)", "problem": str(where)}]
     for err in errors:
         loc = tuple(err.get("loc", ()))
@@ -117,6 +122,25 @@ def batch_error(errors: list[dict]) -> tuple[int, str, str, list[dict]]:
     first = details[0]
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return 422, "invalid", f"invalid batch: {first['field']}: {first['problem']}{more}", details
+
+
+def _lone_surrogate_at(body: bytes) -> str | None:
+    """The field path of the first text holding a lone surrogate (Python's JSON reader takes those), or None."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    todo: list[tuple[list[str], Any]] = [([], doc)]
+    while todo:
+        path, value = todo.pop()
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            here = [*path, str(key)]
+            for text in (key, item):
+                if isinstance(text, str) and any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+                    return ".".join(here)
+            todo.append((here, item))
+    return None
 
 
 async def request_validation_handler(request: Request, exc: RequestValidationError):

@@ -110,7 +110,7 @@ def _validate_and_store(services: Services, body: bytes):
     try:
         batch = Batch.model_validate_json(body)
     except ValidationError as exc:
-        status, reason, message, details = batch_error(exc.errors(include_url=False))
+        status, reason, message, details = batch_error(exc.errors(include_url=False), body)
         exporter.BATCHES_REJECTED.labels(reason).inc()
         return error_response(status, message, details)
     try:
