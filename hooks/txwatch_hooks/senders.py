@@ -1,7 +1,8 @@
 """Where sealed batches go: the collector over HTTP, the embedded collector in this process, or nowhere.
 
 A sender returns a result instead of raising: OK (stored, or already stored), RETRY (keep it, try again
-later) or REJECTED (the collector refused this batch for good; retrying cannot help).
+later; ``retry_after_s`` says when, if the collector did), TOO_LARGE (send it in smaller batches) or REJECTED (the
+collector refused this batch for good; retrying cannot help).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 class SendResult(enum.Enum):
     OK = "ok"
     RETRY = "retry"
+    TOO_LARGE = "too_large"
     REJECTED = "rejected"
 
 
@@ -46,6 +48,7 @@ class HttpSender:
             self._headers["Authorization"] = f"Bearer {token}"  # never logged
         self._guard = guard
         self._conn: http.client.HTTPConnection | None = None
+        self.retry_after_s: float | None = None  # the collector's Retry-After on the last RETRY, if it sent one
 
     def describe(self) -> str:
         return self.url
@@ -62,6 +65,7 @@ class HttpSender:
 
     def send(self, data: bytes, timeout_s: float) -> SendResult:
         timeout_s = max(timeout_s, 0.05)
+        self.retry_after_s = None
         for _attempt in range(2):
             conn, reused = self._connection(timeout_s)
             try:
@@ -81,6 +85,7 @@ class HttpSender:
                 return self._away(exc)
             if 200 <= response.status < 300:
                 return SendResult.OK
+            self.retry_after_s = _seconds(response.getheader("Retry-After"))
             return self._refused(response.status, _detail(body, response.reason))
         return SendResult.RETRY
 
@@ -99,6 +104,12 @@ class HttpSender:
                 code, detail,
             )
             return SendResult.RETRY
+        if code == 413:
+            self._guard.warn_once(
+                "http-413", "txwatch: the collector found a batch too large (HTTP 413: %s); sending it in smaller "
+                "batches", detail,
+            )
+            return SendResult.TOO_LARGE
         if code in (408, 425, 429) or code >= 500:
             self._guard.warn_once(
                 f"http-{code}", "txwatch: the collector is busy or failing (HTTP %s: %s); retrying later",
@@ -207,13 +218,22 @@ class NullSender:
         pass
 
 
+def _seconds(value: str | None) -> float | None:
+    """A Retry-After in seconds (the collector sends seconds, not dates), bounded to an hour; None if absent."""
+    try:
+        return min(max(float(value), 0.0), 3600.0) if value else None
+    except ValueError:
+        return None
+
+
 def _detail(body: bytes, reason: str) -> str:
     """The collector's explanation: the ``detail`` of its JSON error, else the start of the body."""
     try:
         text = body[:2000].decode("utf-8", "replace")
         payload = json.loads(text)
-        if isinstance(payload, dict) and "detail" in payload:
-            return str(payload["detail"])[:500]
+        for key in ("error", "detail"):  # the collector's errors say "error"; FastAPI's own say "detail"
+            if isinstance(payload, dict) and key in payload:
+                return str(payload[key])[:500]
         return text[:500]
     except Exception:
         return reason

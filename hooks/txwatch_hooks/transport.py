@@ -246,15 +246,41 @@ class Transport:
         if self._builder.empty():
             return
         batch = self._builder.seal(self.client_stats())
-        if not len(self._spool):
-            result = self._send(batch.data, self._options.export_timeout_s)
-            if result is SendResult.OK:
-                return
-            if result is SendResult.REJECTED:
-                self.count_drop("rejected", batch.points + batch.events)
-                return
-            self._next_retry = time.monotonic() + self._backoff_s
+        if len(self._spool):
+            self._keep(batch)  # behind the batches already waiting: order is kept
+        else:
+            self._deliver(batch)
+
+    def _deliver(self, batch: SealedBatch) -> None:
+        """Send ``batch``; one the collector finds too large goes in halves (halved again while refused, down to
+        a single point or event); what cannot go now waits in the spool."""
+        result = self._send(batch.data, self._options.export_timeout_s)
+        if result is SendResult.OK:
+            return
+        if result is SendResult.REJECTED:
+            self.count_drop("rejected", batch.points + batch.events)
+            return
+        if result is SendResult.TOO_LARGE:
+            for half in self._halves(batch):
+                if len(self._spool):
+                    self._keep(half)
+                else:
+                    self._deliver(half)
+            return
+        self._retry_later()
         self._keep(batch)
+
+    def _halves(self, batch: SealedBatch) -> tuple[SealedBatch, ...]:
+        halves = self._builder.split(batch)
+        if halves is None:  # one point or event larger than the collector's limit: it can never be stored
+            self.count_drop("too_large", batch.points + batch.events)
+            return ()
+        return halves
+
+    def _retry_later(self) -> None:
+        """Back off before the next attempt, for at least as long as the collector asked (429/503 Retry-After)."""
+        asked = getattr(self._sender, "retry_after_s", None) or 0.0
+        self._next_retry = time.monotonic() + max(self._backoff_s, asked)
 
     def _keep(self, batch: SealedBatch) -> None:
         first = not len(self._spool)
@@ -301,11 +327,18 @@ class Transport:
                 self.count_drop("rejected", points + events)
                 self._spool.remove_head()
                 continue
-            self._next_retry = time.monotonic() + self._backoff_s
+            if result is SendResult.TOO_LARGE:  # its halves go to the end of the spool, and come round in turn
+                points, events = self._spool.head_counts()
+                self._spool.remove_head()
+                for half in self._halves(SealedBatch(_seq, data, points, events)):
+                    self._keep(half)
+                continue
+            self._retry_later()
             self._backoff_s = min(self._backoff_s * 2, RETRY_BACKOFF_MAX_S)
             if deadline is None or not self._sender.available:
                 return False
-            pause = min(flush_backoff, deadline - time.monotonic())
+            pause = min(max(flush_backoff, getattr(self._sender, "retry_after_s", None) or 0.0),
+                        deadline - time.monotonic())
             if pause <= 0:
                 return False
             time.sleep(pause)

@@ -169,6 +169,29 @@ class BatchBuilder:
     def size(self) -> int:
         return self.points + len(self.events)
 
+    def split(self, batch: SealedBatch) -> tuple[SealedBatch, SealedBatch] | None:
+        """``batch`` as two batches of about half its points and events each, under new seqs (the collector refused
+        it as too large, so its seq was never stored); None when it holds a single point or event (the floor).
+        The first half keeps the run info and the events come after the points, as in one batch."""
+        body = json.loads(batch.data)
+        items: list[tuple[str, Any]] = [(name, p) for name, pts in body["series"].items() for p in pts]
+        items += [("", e) for e in body["events"]]
+        if len(items) < 2:
+            return None
+        halves = []
+        for part in (items[: len(items) // 2], items[len(items) // 2:]):
+            half = {k: v for k, v in body.items() if k not in ("series", "events")}
+            half["seq"], self.next_seq = self.next_seq, self.next_seq + 1
+            series: dict[str, list[Any]] = {}
+            for name, item in part:
+                if name:
+                    series.setdefault(name, []).append(item)
+            half["series"], half["events"] = series, [e for name, e in part if not name]
+            halves.append(SealedBatch(half["seq"], _encode(half), len(part) - len(half["events"]),
+                                      len(half["events"])))
+            body.pop("run_info", None)
+        return halves[0], halves[1]
+
     def seal(self, client: dict[str, Any]) -> SealedBatch:
         batch: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,

@@ -205,3 +205,34 @@ def test_a_lone_surrogate_that_still_arrives_is_a_422_naming_the_field(tmp_path)
             assert "not valid Unicode" in r.json()["error"]
     finally:
         live.stop()
+
+
+# -- 5. A batch the collector finds too large is split, not dropped ----------------------------------------------
+
+
+def _watch(live, tmp_path, run: str, **options):
+    import torch
+    import txwatch_hooks
+
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    values = {"spool_dir": tmp_path / "spool", "system_interval_s": 0, "crash_hooks": False, "heartbeat_s": 60.0,
+              "schedule_delay_s": 0.05, "export_timeout_s": 5.0, **options}
+    return txwatch_hooks.watch(model, opt, run=run, project="p", endpoint=live.url, **values)
+
+
+def test_a_batch_over_the_collectors_size_limit_is_sent_in_halves_and_every_point_arrives(tmp_path):
+    live = start_live(db_url=f"sqlite:///{tmp_path / 'tx.db'}", max_body_bytes=4096)
+    try:
+        monitor = _watch(live, tmp_path, "big-batches", schedule_delay_s=60.0, max_batch_size=10_000)
+        for step in range(1, 61):  # 600 points in one batch: ~20 kB against a 4 kB limit
+            monitor.log(step=step, **{f"m{i}": step + i / 10 for i in range(10)})
+        assert monitor.close(30)
+        assert sum(monitor.dropped.values()) == 0, monitor.dropped
+        with live.client() as c:
+            for i in (0, 9):
+                pts = c.get(f"/api/v1/runs/p/big-batches/series/m{i}").json()["points"]
+                assert [p["step"] for p in pts] == list(range(1, 61))
+            assert c.get("/api/v1/runs/p/big-batches").json()["status"] == "finished"
+    finally:
+        live.stop()
