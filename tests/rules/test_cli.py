@@ -72,4 +72,4 @@ def test_rules_replay_prints_what_would_have_fired(capsys, store_engine, session
 
 def test_rules_replay_without_a_database_says_what_to_do(capsys, tmp_path):
     assert main(["rules", "replay", "any", "--db", str(tmp_path / "none.db")]) == 2
-    assert "no database at" in capsys.readouterr().err
+    assert "no txwatch database at" in capsys.readouterr().err

@@ -1,5 +1,7 @@
 """The Typer application every command module registers on."""
 
+from typing import Optional
+
 import typer
 
 app = typer.Typer(
@@ -10,3 +12,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"txwatch {version('txwatch')}")
+        raise SystemExit(0)  # typer.Exit is swallowed under standalone_mode=False
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
+                                           help="Print txwatch's version and exit."),
+) -> None:
+    """Watch PyTorch training jobs: collect their numbers, diagnose what goes wrong, and say why."""

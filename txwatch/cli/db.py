@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from txwatch.cli.app import app
+from txwatch.cli.output import cell, console
 
 db_app = typer.Typer(help="The run-history database: schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -17,8 +18,6 @@ DB = typer.Option(None, "--db", envvar="TXWATCH_DB_URL", help="Database URL or S
 @db_app.command("upgrade")
 def upgrade(db: Optional[str] = DB) -> None:
     """Create or upgrade the schema to the current version (the daemon also does this on start)."""
-    from rich.console import Console
-
     from txwatch.store.db import current_revision, head_revision, make_engine, redact
     from txwatch.store.db import upgrade as do_upgrade
 
@@ -31,14 +30,12 @@ def upgrade(db: Optional[str] = DB) -> None:
         engine.dispose()
     head = head_revision()
     msg = f"already at {head}" if before == head else f"upgraded {before or 'empty'} -> {head}"
-    Console().print(f"database {where}: {msg}")
+    console().print(f"database {cell(where)}: {msg}")
 
 
 @db_app.command("current")
 def current(db: Optional[str] = DB) -> None:
     """Print the schema version of the database and whether it is current (exit 1 when it is not)."""
-    from rich.console import Console
-
     from txwatch.cli.errors import CliError
     from txwatch.store.db import current_revision, head_revision, make_engine, redact
 
@@ -53,7 +50,7 @@ def current(db: Optional[str] = DB) -> None:
         engine.dispose()
     head = head_revision()
     if rev == head:
-        Console().print(f"database {where}: at {rev} (current)")
+        console().print(f"database {cell(where)}: at {rev} (current)")
         return
-    Console().print(f"database {where}: at {rev or 'empty'}, current is {head}: run `txwatch db upgrade`")
+    console().print(f"database {cell(where)}: at {rev or 'empty'}, current is {head}: run `txwatch db upgrade`")
     raise SystemExit(1)  # typer.Exit would be swallowed by main() (standalone_mode=False)

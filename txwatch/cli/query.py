@@ -1,34 +1,61 @@
-"""CLI commands: runs, show, metrics, diagnoses (tables by default; --json and --csv for scripts)."""
+"""CLI commands: runs, show, series, metrics, diagnoses (tables by default; --json and --csv for scripts).
+
+Every text from the history goes through ``txwatch.cli.output``: escaped for the terminal and rich (``cell``),
+safe in a spreadsheet (``print_csv``); --csv carries the same columns as --json.
+"""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import sys
 from contextlib import closing
 from datetime import datetime
+from enum import Enum
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.markup import escape  # free text (symptoms, configs, errors) may contain [brackets]
 
 from txwatch.cli.app import app
 from txwatch.cli.errors import CliError
+from txwatch.cli.source import Db, Endpoint, Token
+from txwatch.cli.output import cell, columns, console as _console, print_csv, print_json as _print_json
 
-# The options every query command shares (typer reads them from these Annotated types).
-Endpoint = Annotated[Optional[str], typer.Option(
-    "--endpoint", envvar="TXWATCH_ENDPOINT", help="Read from the daemon at this URL (e.g. http://127.0.0.1:8642).")]
-Db = Annotated[Optional[str], typer.Option(
-    "--db", envvar="TXWATCH_DB_URL", help="Read this database (URL or SQLite path); default: the local database.")]
-Token = Annotated[Optional[str], typer.Option("--token", envvar="TXWATCH_TOKEN", help="Bearer token for the daemon.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON (NaN and Infinity as Python's json writes them).")]
 AsCsv = Annotated[bool, typer.Option("--csv", help="Print CSV.")]
 
-RUN_FIELDS = ["name", "project", "status", "started", "ended", "steps", "last_loss", "host", "end_reason"]
-DIAG_FIELDS = ["rule", "severity", "state", "run", "project", "layer", "step", "first_seen", "symptom", "cause",
-               "fix", "evidence"]
+# CSV headers when there is no row to take the JSON's keys from.
+RUN_FIELDS = ["name", "project", "status", "started", "ended", "last_seen", "duration_s", "steps", "host",
+              "end_reason", "error", "last_loss", "firing"]
+DIAG_FIELDS = ["id", "rule", "severity", "state", "symptom", "cause", "fix", "reason", "run", "project", "layer",
+               "step", "last_step", "resolved_step", "episode", "first_seen", "last_seen", "resolved_at", "labels",
+               "evidence"]
+POINT_FIELDS = ["step", "value", "time"]
+SERIES_FIELDS = ["name", "metric", "layer", "points", "last_step", "last_value"]
+
+
+class RunStatus(str, Enum):
+    running = "running"
+    finished = "finished"
+    crashed = "crashed"
+    stalled = "stalled"
+    vanished = "vanished"
+
+
+class Severity(str, Enum):
+    critical = "critical"
+    warning = "warning"
+    info = "info"
+
+
+class State(str, Enum):
+    firing = "firing"
+    resolved = "resolved"
+
+
+def _value(choice: Enum | None) -> str | None:
+    return choice.value if choice is not None else None
+
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 STATUS_STYLE = {"running": "green", "finished": "blue", "crashed": "bold red", "stalled": "yellow",
                 "vanished": "magenta"}
@@ -47,23 +74,8 @@ def _check_format(as_json: bool, as_csv: bool) -> None:
         raise CliError("choose one of --json and --csv")
 
 
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, allow_nan=True, indent=2) + "\n")
-
-
-def _print_csv(rows: list[dict], fields: list[str]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-    w.writeheader()
-    for row in rows:
-        w.writerow({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in row.items()})
-    sys.stdout.write(buf.getvalue())
-
-
-def _console():
-    from rich.console import Console
-
-    return Console()
+def _print_csv(rows: list[dict], default: list[str]) -> None:
+    print_csv(rows, columns(rows, default))
 
 
 def _fmt_time(iso: str | None) -> str:
@@ -90,14 +102,14 @@ def _fmt_num(v: Any) -> str:
 @app.command()
 def runs(
     project: Optional[str] = typer.Option(None, "--project", help="Only this project."),
-    status: Optional[str] = typer.Option(None, "--status", help="running, finished, crashed, stalled, vanished."),
+    status: Optional[RunStatus] = typer.Option(None, "--status", help="Only runs in this state."),
     limit: int = typer.Option(100, "--limit", min=1, help="At most this many (newest first)."),
     endpoint: Endpoint = None, db: Db = None, token: Token = None, as_json: AsJson = False, as_csv: AsCsv = False,
 ) -> None:
     """List runs, newest first."""
     _check_format(as_json, as_csv)
     with _source(endpoint, db, token) as src:
-        rows = src.runs(project=project, status=status, limit=limit)
+        rows = src.runs(project=project, status=_value(status), limit=limit)
     if as_json:
         return _print_json(rows)
     if as_csv:
@@ -108,15 +120,23 @@ def runs(
     for col in ("run", "project", "status", "steps", "last loss", "firing", "started", "duration"):
         table.add_column(col, justify="right" if col in ("steps", "last loss") else "left")
     for r in rows:
-        firing = " ".join(f"[{SEVERITY_STYLE[s]}]{n} {s}[/]" for s, n in r.get("firing", {}).items() if n)
+        firing = " ".join(f"[{SEVERITY_STYLE.get(s, '')}]{n} {cell(s)}[/]" for s, n in r.get("firing", {}).items() if n)
         dur = r.get("duration_s")
         table.add_row(
-            r["name"], r["project"], f"[{STATUS_STYLE.get(r['status'], '')}]{r['status']}[/]", str(r["steps"]),
+            cell(r["name"]), cell(r["project"]), _status(r["status"]), str(r["steps"]),
             _fmt_num(r.get("last_loss")), firing or "-", _fmt_time(r["started"]),
             f"{dur:.0f} s" if isinstance(dur, (int, float)) and dur < 3600 else
             (f"{dur / 3600:.1f} h" if isinstance(dur, (int, float)) else "-"),
         )
     _console().print(table)
+
+
+def _status(status: str) -> str:
+    return f"[{STATUS_STYLE.get(status, '')}]{cell(status)}[/]"
+
+
+def _severity(severity: str) -> str:
+    return f"[{SEVERITY_STYLE.get(severity, '')}]{cell(severity)}[/]"
 
 
 @app.command()
@@ -134,34 +154,65 @@ def show(
 
     console = _console()
     lines = [
-        f"[bold]{detail['project']}/{detail['name']}[/]  [{STATUS_STYLE.get(detail['status'], '')}]{detail['status']}[/]"
-        + (f" ({detail['end_reason']})" if detail.get("end_reason") and detail["end_reason"] != detail["status"] else ""),
+        f"[bold]{cell(detail['project'])}/{cell(detail['name'])}[/]  {_status(detail['status'])}"
+        + (f" ({cell(detail['end_reason'])})" if detail.get("end_reason") and detail["end_reason"] != detail["status"]
+           else ""),
         f"steps {detail['steps']}   started {_fmt_time(detail['started'])}   ended {_fmt_time(detail['ended'])}"
-        f"   host {detail.get('host') or '-'}",
+        f"   host {cell(detail.get('host') or '-')}",
     ]
     if detail.get("error"):
-        lines.append(f"[red]{escape(detail['error']['type'])}: {escape(detail['error']['message'])}[/]")
+        lines.append(f"[red]{cell(detail['error']['type'])}: {cell(detail['error']['message'])}[/]")
     console.print(Panel("\n".join(lines), title="run", title_align="left"))
     if detail.get("config"):
         t = Table("config", "value", title_justify="left")
         for k, v in sorted(detail["config"].items()):
-            t.add_row(escape(str(k)), escape(json.dumps(v, allow_nan=True) if not isinstance(v, str) else v))
+            t.add_row(cell(k), cell(json.dumps(v, allow_nan=True) if not isinstance(v, str) else v))
         console.print(t)
     values = detail.get("summary", {}).get("last_values", {})
     if values:
         t = Table("metric", "latest", title_justify="left")
         for k, v in values.items():
-            t.add_row(escape(k), _fmt_num(v))
+            t.add_row(cell(k), _fmt_num(v))
         console.print(t)
     firing = detail.get("summary", {}).get("firing_diagnoses", [])
     if firing:
         t = Table("severity", "rule", "layer", "step", "symptom", title="firing diagnoses", title_justify="left")
         for d in firing:
-            t.add_row(f"[{SEVERITY_STYLE.get(d['severity'], '')}]{d['severity']}[/]", escape(d["rule"]),
-                      escape(d["layer"] or "-"), _fmt_num(d["step"]), escape(d["symptom"]))
+            t.add_row(_severity(d["severity"]), cell(d["rule"]), cell(d["layer"] or "-"), _fmt_num(d["step"]),
+                      cell(d["symptom"]))
         console.print(t)
     else:
         console.print("no diagnosis firing")
+
+
+@app.command()
+def series(
+    run: str = typer.Argument(..., help="RUN or PROJECT/RUN."),
+    endpoint: Endpoint = None, db: Db = None, token: Token = None, as_json: AsJson = False, as_csv: AsCsv = False,
+) -> None:
+    """List a run's series: point count and latest value, per-layer ones grouped under their metric."""
+    _check_format(as_json, as_csv)
+    with _source(endpoint, db, token) as src:
+        found = sorted(src.series(run), key=lambda x: (x["layer"] is not None, x["metric"], x["layer"] or ""))
+    if as_json:
+        return _print_json([{k: x[k] for k in SERIES_FIELDS} for x in found])
+    if as_csv:
+        return print_csv(found, SERIES_FIELDS)
+    from rich.table import Table
+
+    console = _console()
+    console.print(f"{cell(run)}: {len(found)} series")  # not the table's title: that wraps at the table's width
+    t = Table("series", "points", "last step", "last value")
+    group = None
+    for x in found:
+        if x["layer"] is not None and x["metric"] != group:
+            group = x["metric"]
+            members = [y for y in found if y["metric"] == group and y["layer"] is not None]
+            t.add_row(f"[bold]{cell(group)}/*[/] ({len(members)} layers)",
+                      str(sum(y["points"] for y in members)), "", "")
+        name = f"  {cell(x['layer'])}" if x["layer"] is not None else cell(x["name"])
+        t.add_row(name, str(x["points"]), _fmt_num(x["last_step"]), _fmt_num(x["last_value"]))
+    console.print(t)
 
 
 @app.command()
@@ -177,20 +228,21 @@ def metrics(
     with _source(endpoint, db, token) as src:
         points = src.points(run, name, max_points)
     if as_json:
-        sys.stdout.write(json.dumps([{"step": p["step"], "value": p["value"], "time": p["time"]} for p in points],
-                                    allow_nan=True) + "\n")
+        sys.stdout.write(json.dumps([{k: p[k] for k in POINT_FIELDS} for p in points], allow_nan=True) + "\n")
         return
     if as_csv:
-        return _print_csv(points, ["step", "value", "time"])
+        return print_csv(points, POINT_FIELDS)
     from rich.table import Table
 
     shown = points[-TABLE_POINTS:]
     caption = f"last {len(shown)} of {len(points)} points; --json or --csv for all" if len(points) > len(shown) else None
-    t = Table("step", "value", "time", title=f"{run} {name}", title_justify="left", caption=caption)
+    console = _console()
+    console.print(f"{cell(run)} {cell(name)}")  # not the table's title: that wraps at the table's width
+    t = Table("step", "value", "time", caption=caption)
     for p in shown:
         t.add_row(str(p["step"]), _fmt_num(p["value"]),
                   datetime.fromtimestamp(p["time"]).strftime("%Y-%m-%d %H:%M:%S"))
-    _console().print(t)
+    console.print(t)
 
 
 @app.command()
@@ -198,16 +250,16 @@ def diagnoses(
     run: Optional[str] = typer.Option(None, "--run", help="Only this run (RUN or PROJECT/RUN)."),
     project: Optional[str] = typer.Option(None, "--project", help="Only this project."),
     rule: Optional[str] = typer.Option(None, "--rule", help="Only this rule id."),
-    severity: Optional[str] = typer.Option(None, "--severity", help="critical, warning or info."),
-    state: Optional[str] = typer.Option(None, "--state", help="firing or resolved."),
+    severity: Optional[Severity] = typer.Option(None, "--severity", help="Only this severity."),
+    state: Optional[State] = typer.Option(None, "--state", help="Only firing or only resolved ones."),
     endpoint: Endpoint = None, db: Db = None, token: Token = None, as_json: AsJson = False, as_csv: AsCsv = False,
 ) -> None:
     """List diagnoses (newest first): what went wrong, the likely cause and the fix."""
     _check_format(as_json, as_csv)
     with _source(endpoint, db, token) as src:
-        if run and "/" not in run and endpoint:
+        if run:  # an unknown run is an error, not an empty list
             run = "/".join(src.resolve(run))
-        rows = src.diagnoses(run=run, project=project, rule=rule, severity=severity, state=state)
+        rows = src.diagnoses(run=run, project=project, rule=rule, severity=_value(severity), state=_value(state))
     if as_json:
         return _print_json(rows)
     if as_csv:
@@ -219,7 +271,7 @@ def diagnoses(
     for d in rows:
         fix = d.get("fix") or []
         fix_text = "; ".join(str(f) for f in fix) if isinstance(fix, list) else str(fix)
-        t.add_row(f"[{SEVERITY_STYLE.get(d['severity'], '')}]{d['severity']}[/]", escape(d["rule"]),
-                  f"{d['project']}/{d['run']}", escape(d["layer"] or "-"), _fmt_num(d["step"]), d["state"],
-                  f"{escape(d['symptom'])}\n[dim]cause:[/] {escape(d['cause'])}\n[dim]fix:[/] {escape(fix_text)}")
+        t.add_row(_severity(d["severity"]), cell(d["rule"]), f"{cell(d['project'])}/{cell(d['run'])}",
+                  cell(d["layer"] or "-"), _fmt_num(d["step"]), cell(d["state"]),
+                  f"{cell(d['symptom'])}\n[dim]cause:[/] {cell(d['cause'])}\n[dim]fix:[/] {cell(fix_text)}")
     _console().print(t)

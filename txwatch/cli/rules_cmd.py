@@ -11,6 +11,8 @@ import typer
 
 from txwatch.cli.app import app
 from txwatch.cli.errors import CliError
+from txwatch.cli.output import cell, console as _console, plain
+from txwatch.cli.source import Db, Endpoint, Token
 
 rules_app = typer.Typer(
     help="Diagnosis rules: list what is loaded, check rule files, replay rules over a stored run.",
@@ -20,7 +22,6 @@ app.add_typer(rules_app, name="rules")
 
 RULES = typer.Option(None, "--rules", help="A folder (or file) of your own rules; repeat for several.")
 NO_BUILTIN = typer.Option(False, "--no-builtin", help="Leave out the built-in rules.")
-DB = typer.Option(None, "--db", envvar="TXWATCH_DB_URL", help="Database URL or SQLite path [default: the local one].")
 JSON = typer.Option(False, "--json", help="Print JSON.")
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 STATE_STYLE = {"firing": "bold red", "pending": "yellow", "resolved": "green", "cancelled": "dim"}
@@ -35,10 +36,33 @@ def _load(rules: Optional[list[Path]], no_builtin: bool):
         raise CliError(f"invalid rules:\n{exc}\n(check them with `txwatch rules check DIR`)") from None
 
 
-def _console():
-    from rich.console import Console
+def _replay_db(db: str | None, run: str, loaded, include_pending: bool):
+    from txwatch.cli.source import DbSource
+    from txwatch.rules import RunNotFound, replay
 
-    return Console()
+    src = DbSource(db)
+    try:
+        return replay(src.sessions, run, loaded, include_pending=include_pending)
+    except RunNotFound as exc:
+        raise CliError(f"{exc}", exit_code=1) from None
+    finally:
+        src.close()
+
+
+def _replay_endpoint(endpoint: str, token: str | None, run: str, loaded, include_pending: bool):
+    """The run's series that the rules read, fetched from the daemon into a scratch database, and replayed there."""
+    from txwatch.cli.scratch import scratch_copy
+    from txwatch.cli.source import HttpSource
+    from txwatch.rules import replay
+    from txwatch.rules.core import Core
+
+    index = Core([r for r in loaded if not r.time_based]).index
+    src = HttpSource(endpoint, token)
+    try:
+        with scratch_copy(src, run, lambda name: index.match(name)[0] is not None) as (sessions, ref):
+            return replay(sessions, ref, loaded, include_pending=include_pending)
+    finally:
+        src.close()
 
 
 @rules_app.command("list")
@@ -69,7 +93,6 @@ def list_rules(
         ]
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return
-    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"{len(loaded)} rules", show_lines=False)
@@ -77,9 +100,9 @@ def list_rules(
         table.add_column(col, overflow="fold", no_wrap=col in ("id", "severity", "for"))
     for r in sorted(loaded, key=lambda r: r.id):
         sev = f"[{SEVERITY_STYLE.get(r.severity, '')}]{r.severity}[/]"
-        source = "built-in" if r.builtin else escape(f"{r.source}:{r.line}")
+        source = "built-in" if r.builtin else cell(f"{r.source}:{r.line}")
         hold = "at once" if r.hold.zero else str(r.hold)
-        table.add_row(r.id, sev, escape(r.symptom), hold, r.scope, source)
+        table.add_row(cell(r.id), sev, cell(r.symptom), hold, cell(r.scope), source)
     _console().print(table)
 
 
@@ -91,13 +114,13 @@ def check_rules(paths: list[Path] = typer.Argument(..., help="Rule folders or fi
     loaded, problems = check_paths(paths)
     if problems:
         for p in problems:
-            sys.stderr.write(f"{p}\n")
+            sys.stderr.write(f"{plain(p)}\n")
         sys.stderr.write(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found\n")
         raise SystemExit(1)  # typer.Exit is swallowed under standalone_mode=False
     if not loaded:
-        sys.stderr.write(f"no rule files (*.yaml, *.yml) in {', '.join(map(str, paths))}\n")
+        sys.stderr.write(f"no rule files (*.yaml, *.yml) in {plain(', '.join(map(str, paths)))}\n")
         raise SystemExit(1)  # typer.Exit is swallowed under standalone_mode=False
-    sys.stdout.write(f"{len(loaded)} rule{'s' if len(loaded) != 1 else ''} OK: {', '.join(r.id for r in loaded)}\n")
+    sys.stdout.write(f"{len(loaded)} rule{'s' if len(loaded) != 1 else ''} OK: {plain(', '.join(r.id for r in loaded))}\n")
 
 
 @rules_app.command("replay")
@@ -105,33 +128,18 @@ def replay_run(
     run: str = typer.Argument(..., help="The run: NAME (unique across projects) or PROJECT/NAME."),
     rules: Optional[list[Path]] = RULES,
     no_builtin: bool = NO_BUILTIN,
-    db: Optional[str] = DB,
+    db: Db = None,
+    endpoint: Endpoint = None,
+    token: Token = None,
     as_json: bool = JSON,
     quiet_pending: bool = typer.Option(False, "--no-pending", help="Show only firing and resolved."),
 ) -> None:
     """Run the rules over a stored run and print what would have fired at which step (nothing is written)."""
-    from txwatch.rules import RunNotFound, replay
-    from txwatch.store.db import is_current, make_engine, normalize_url, redact
-    from txwatch.store.db import session_factory as make_sessions
-
     loaded = _load(rules, no_builtin)
-    url = normalize_url(db)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        raise CliError(f"no database at {url.removeprefix('sqlite:///')}: pass --db, or run a training first")
-    engine = make_engine(url)
-    try:
-        try:
-            current = is_current(engine)
-        except Exception as exc:
-            raise CliError(f"cannot open the database {redact(url)}: {exc.__class__.__name__}: {exc}") from None
-        if not current:
-            raise CliError(f"the database {redact(url)} is not at the current schema: run `txwatch db upgrade`")
-        try:
-            found = replay(make_sessions(engine), run, loaded, include_pending=not quiet_pending)
-        except RunNotFound as exc:
-            raise CliError(str(exc), exit_code=1) from None
-    finally:
-        engine.dispose()
+    if endpoint:
+        found = _replay_endpoint(endpoint, token, run, loaded, not quiet_pending)
+    else:
+        found = _replay_db(db, run, loaded, not quiet_pending)
     skipped = sorted(r.id for r in loaded if r.time_based)
     if as_json:
         out = [
@@ -140,19 +148,19 @@ def replay_run(
         ]
         sys.stdout.write(json.dumps(out, indent=2, allow_nan=True) + "\n")
         return
-    from rich.markup import escape
     from rich.table import Table
 
     console = _console()
     if not found:
-        console.print(f"no rule would have fired on {escape(run)} ({len(loaded)} rules)")
+        console.print(f"no rule would have fired on {cell(run)} ({len(loaded)} rules)")
     else:
-        table = Table(title=f"{escape(run)}: what the rules would have done")
+        console.print(f"{cell(run)}: what the rules would have done")  # a title would wrap at the table's width
+        table = Table()
         for col in ("step", "rule", "layer", "state", "reason"):
             table.add_column(col, overflow="fold")
         for e in found:
             state = f"[{STATE_STYLE.get(e.state, '')}]{e.state}[/]"
-            table.add_row(str(e.step), e.rule, escape(e.layer or ""), state, escape(e.reason))
+            table.add_row(str(e.step), cell(e.rule), cell(e.layer or ""), state, cell(e.reason))
         console.print(table)
     if skipped:
         console.print(f"[dim]not replayed (they depend on the wall clock): {', '.join(skipped)}[/]")

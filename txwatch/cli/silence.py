@@ -9,6 +9,7 @@ import typer
 
 from txwatch.cli.app import app
 from txwatch.cli.errors import CliError
+from txwatch.cli.output import cell, console as _console
 
 HTTP_TIMEOUT_S = 10.0  # one request to the daemon
 
@@ -51,7 +52,7 @@ def add(
             except SilenceError as exc:
                 raise CliError(str(exc)) from None
     _console().print(
-        f"Silenced {_what(silence)} until {silence['expires'].replace('T', ' ').replace('Z', ' UTC')[:20]}"
+        f"Silenced {cell(_what(silence))} until {cell(silence['expires'].replace('T', ' ').replace('Z', ' UTC')[:20])}"
         f" (silence #{silence['id']}; remove it with `txwatch silence remove {silence['id']}`)"
     )
 
@@ -83,8 +84,8 @@ def list_(
         table.add_column(col)
     for x in silences:
         until = x["expires"].replace("T", " ")[:16] + " UTC" + ("" if x["active"] else " (ended)")
-        table.add_row(str(x["id"]), x["project"] or "*", x["run"] or "*", x["rule"] or "*", until,
-                      x["created_by"] or "", x["comment"] or "")
+        table.add_row(str(x["id"]), cell(x["project"] or "*"), cell(x["run"] or "*"), cell(x["rule"] or "*"),
+                      cell(until), cell(x["created_by"] or ""), cell(x["comment"] or ""))
     console.print(table)
 
 
@@ -118,12 +119,6 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:  # no user name in some containers
         return ""
-
-
-def _console():
-    from rich.console import Console
-
-    return Console()
 
 
 def _sessions(db: str | None):

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Optional
+
+import typer
 
 from txwatch.cli.errors import CliError
+
+# The options that choose the source, shared by every command that reads history (typer reads these types).
+Endpoint = Annotated[Optional[str], typer.Option(
+    "--endpoint", envvar="TXWATCH_ENDPOINT", help="Read from the daemon at this URL (e.g. http://127.0.0.1:8642).")]
+Db = Annotated[Optional[str], typer.Option(
+    "--db", envvar="TXWATCH_DB_URL", help="Read this database (URL or SQLite path); default: the local database.")]
+Token = Annotated[Optional[str], typer.Option("--token", envvar="TXWATCH_TOKEN", help="Bearer token for the daemon.")]
 
 HTTP_TIMEOUT_S = 30.0
 PAGE_POINTS = 100_000  # raw points per request when paging a whole series over HTTP
@@ -63,15 +72,18 @@ class HttpSource:
         return self._get("/api/v1/runs", **filters)["runs"]
 
     def resolve(self, ref: str) -> tuple[str, str]:
+        """(project, name) of the run ``ref`` names; a ``CliError`` when there is none or several."""
         project, sep, name = ref.partition("/")
-        if sep:
-            return project, name
-        found = self.runs(name=ref, limit=100)
+        found = self.runs(name=name, project=project or None, limit=100) if sep else self.runs(name=ref, limit=100)
         return _unique(ref, [(r["project"], r["name"]) for r in found])
 
     def run(self, ref: str) -> dict:
         project, name = self.resolve(ref)
         return self._get(f"/api/v1/runs/{project}/{name}")
+
+    def series(self, ref: str) -> list[dict]:
+        project, name = self.resolve(ref)
+        return self._get(f"/api/v1/runs/{project}/{name}/series")["series"]
 
     def points(self, ref: str, metric: str, max_points: int | None) -> list[dict]:
         project, name = self.resolve(ref)
@@ -139,6 +151,18 @@ class DbSource:
         except queries.NotFound as exc:
             raise CliError(f"{exc}; `txwatch runs` lists them", exit_code=1) from None
 
+    def resolve(self, ref: str) -> tuple[str, str]:
+        with self.sessions() as s:
+            run, project = self._find(s, ref)
+            return project, run.name
+
+    def series(self, ref: str) -> list[dict]:
+        from txwatch.store import queries
+
+        with self.sessions() as s:
+            run, _ = self._find(s, ref)
+            return queries.list_series(s, run)
+
     def run(self, ref: str) -> dict:
         from txwatch.store import queries
 
@@ -155,7 +179,8 @@ class DbSource:
                 series = queries.get_series(s, run, metric)
             except queries.NotFound as exc:
                 names = [x["name"] for x in queries.list_series(s, run) if x["layer"] is None][:20]
-                raise CliError(f"{exc}; it has: {', '.join(names) or 'no series'}", exit_code=1) from None
+                raise CliError(f"{exc}; it has: {', '.join(names) or 'no series'} (`txwatch series {ref}` lists "
+                               "every one)", exit_code=1) from None
             if max_points:
                 return downsample.series_points(s, series, max_points)["points"]
             return downsample.all_points(s, series)
@@ -172,7 +197,8 @@ class DbSource:
 
 def _unique(ref: str, found: list[tuple[str, str]]) -> tuple[str, str]:
     if not found:
-        raise CliError(f"no run {ref!r} in any project; `txwatch runs` lists them", exit_code=1)
+        where = "" if "/" in ref else " in any project"
+        raise CliError(f"no run {ref!r}{where}; `txwatch runs` lists them", exit_code=1)
     if len(found) > 1:
         projects = ", ".join(sorted(p for p, _ in found))
         raise CliError(f"run name {ref!r} exists in several projects ({projects}); say which: PROJECT/{ref}")
