@@ -86,3 +86,9 @@ def test_version():
 def test_choices_are_validated_and_listed(argv, choices):
     r = txwatch(*argv)
     assert r.returncode == 2 and choices in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_bare_group_prints_its_help():
+    for argv, listed in (([], "series"), (["rules"], "replay")):
+        r = txwatch(*argv)
+        assert r.returncode == 2 and listed in r.stdout and r.stderr == "", r.stderr

@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
     except UsageError as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # `txwatch` or `txwatch rules` alone: the help is the answer
-            print(exc.format_message(), file=sys.stderr)
+            text = exc.format_message()  # empty where typer's rich help has already printed itself
+            if text.strip():
+                print(text, file=sys.stderr)
             return 2
         print(plain(_usage_line(exc, sys.argv[1:] if argv is None else argv)), file=sys.stderr)
         return 2
