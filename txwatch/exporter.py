@@ -52,7 +52,7 @@ JOB_DURATION = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0), registry=REGISTRY,
 )
 for _reason in ("invalid", "malformed_json", "schema_version", "too_large", "unauthorized", "unavailable",
-                "content_type"):
+                "content_type", "busy"):
     BATCHES_REJECTED.labels(_reason)  # present at 0 from the start, so rate() works on the first rejection
 for _result in ("accepted", "duplicate"):
     BATCHES.labels(_result)
@@ -111,6 +111,7 @@ class RunExporter(_PromCollector):
         self._sources: list[Services] = []
         self._lock = threading.Lock()
         self._failed_once = False
+        self._reads: Any = None  # a store.db.OneAtATime, made at the first scrape
 
     def attach(self, services: Services) -> None:
         with self._lock:
@@ -138,11 +139,18 @@ class RunExporter(_PromCollector):
 
     def _families(self, services: Services) -> list[GaugeMetricFamily]:
         from txwatch.store import queries
+        from txwatch.store.db import OneAtATime
 
+        if self._reads is None:
+            self._reads = OneAtATime("metrics")
         now = datetime.now(timezone.utc)
         cutoff = now - timedelta(seconds=services.settings.finished_run_export_s)
-        with services.session_factory() as session:
-            snap = queries.export_snapshot(session, cutoff, MAX_EXPORTED_RUNS)
+        def read():
+            with services.session_factory() as session:
+                return queries.export_snapshot(session, cutoff, MAX_EXPORTED_RUNS)
+
+        # a database that does not answer costs this scrape its run figures, not the scrape (DatabaseStuck)
+        snap = self._reads.call(read, services.settings.db_timeout_s)
         fams: dict[str, GaugeMetricFamily] = {}
 
         def fam(name: str, help_: str, labels: list[str]) -> GaugeMetricFamily:

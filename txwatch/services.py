@@ -70,7 +70,7 @@ def build_services(settings: Settings, *, migrate: bool = True, console: Any = F
     except BaseException:
         engine.dispose()
         raise
-    return Services(settings=settings, db=engine, session_factory=sf, collector=Collector(sf, rules=rules),
+    return Services(settings=settings, db=engine, session_factory=sf, collector=Collector(sf, rules=rules, max_queue=settings.ingest_max_in_flight),
                     rules=rules, alerting=alerting)
 
 

@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     rules_dirs: list[Path] = Field(default_factory=list)  # user rule folders, on top of the built-in rules
     builtin_rules: bool = True
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
+    # A request waits this long on the database, then answers 503 with Retry-After (the hooks spool and retry).
+    db_timeout_s: float = Field(default=10.0, gt=0)
+    # Batches being stored at once, at most; more are answered 429 with Retry-After. Kept below the server's 40
+    # worker threads, so pages, /readyz and /metrics still get one while ingest waits on a slow database.
+    ingest_max_in_flight: int = Field(default=32, ge=1, le=1000)
 
     # background jobs
     stall_after_s: float = Field(default=300.0, gt=0)  # no heartbeat for this long -> run-stalled

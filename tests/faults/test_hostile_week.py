@@ -236,3 +236,118 @@ def test_a_batch_over_the_collectors_size_limit_is_sent_in_halves_and_every_poin
             assert c.get("/api/v1/runs/p/big-batches").json()["status"] == "finished"
     finally:
         live.stop()
+
+
+# -- 4. PostgreSQL stops answering: every request still answers, and nothing is lost -----------------------------
+
+
+@pytest.mark.postgres
+def test_a_stalled_postgresql_gets_prompt_answers_and_every_batch_stored_once_it_is_back(pg_url, tmp_path):
+    import threading
+
+    from sqlalchemy.engine import make_url
+
+    from tests.faults.stall_proxy import StallingProxy
+
+    url = make_url(pg_url)
+    with StallingProxy((url.host, url.port)) as proxy:
+        live = start_live(db_url=url.set(port=proxy.port).render_as_string(hide_password=False), db_timeout_s=2,
+                          ingest_max_in_flight=8)
+        try:
+            bodies = [dumps(batch("stalled", seq=s, series={"loss": [[s, T0 + s, 1.0 / s]]})) for s in range(1, 15)]
+            with live.client() as c:
+                assert c.post("/api/v1/ingest", content=bodies[0], headers=JSON).status_code == 200
+                monitor = _watch(live, tmp_path, "hooked", export_timeout_s=3.0)
+                proxy.stall()
+                answers: list[tuple[int, float, str | None]] = []
+
+                def send(body: bytes) -> None:
+                    t = time.monotonic()
+                    r = httpx.post(live.url + "/api/v1/ingest", content=body, headers=JSON, timeout=60)
+                    answers.append((r.status_code, time.monotonic() - t, r.headers.get("retry-after")))
+
+                senders = [threading.Thread(target=send, args=(b,)) for b in bodies[1:]]
+                for t in senders:
+                    t.start()
+                for step in range(1, 6):
+                    monitor.log(step=step, loss=1.0 / step)
+                time.sleep(0.5)
+                t = time.monotonic()
+                metrics = c.get("/metrics")
+                assert metrics.status_code == 200 and time.monotonic() - t < 4
+                t = time.monotonic()
+                ready = c.get("/readyz")
+                assert ready.status_code == 503 and "not answering" in ready.json()["detail"]
+                assert time.monotonic() - t < 4
+                assert c.get("/healthz").status_code == 200
+                for t in senders:
+                    t.join(30)
+                assert sorted({a[0] for a in answers}) == [429, 503], answers  # 13 at once, 8 at most in flight
+                assert all(a[1] < 6 and a[2] for a in answers), answers  # promptly, with Retry-After
+                assert monitor.flush(2) is False and sum(monitor.dropped.values()) == 0  # the hooks spool
+
+                proxy.resume()
+                for body in bodies[1:]:  # sent again, as the hooks do: stored once
+                    _wait(lambda: c.post("/api/v1/ingest", content=body, headers=JSON).status_code == 200,
+                          what="the batch taken after the database came back")
+                assert monitor.close(30) and sum(monitor.dropped.values()) == 0
+                pts = c.get("/api/v1/runs/p/stalled/series/loss").json()["points"]
+                assert [p["step"] for p in pts] == list(range(1, 15))
+                assert [p["step"] for p in c.get("/api/v1/runs/p/hooked/series/loss").json()["points"]] == [1, 2, 3, 4, 5]
+                assert c.get("/readyz").status_code == 200
+        finally:
+            proxy.resume()
+            live.stop()
+
+
+# -- 11. The SQLite disk fills up: readiness and ingest say so ---------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs (root only; skipped where it cannot be mounted)."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    where = tmp_path / "disk"
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(where)], capture_output=True).returncode:
+        pytest.skip("could not mount a tmpfs here")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def _fill(path) -> None:
+    with open(path, "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def test_a_full_disk_under_sqlite_is_said_by_readyz_and_by_ingest_and_nothing_is_lost(small_disk):
+    live = start_live(db_url=f"sqlite:///{small_disk / 'tx.db'}")
+    try:
+        with live.client() as c:
+            assert c.post("/api/v1/ingest", content=dumps(batch("full", seq=0)), headers=JSON).status_code == 200
+            _fill(small_disk / "filler")
+            series = {f"m{i}": [[s, T0 + s, float(s)] for s in range(200)] for i in range(20)}
+            big = dumps(batch("full", seq=1, series=series))
+            r = c.post("/api/v1/ingest", content=big, headers=JSON)
+            assert r.status_code == 503 and r.headers["retry-after"], r.text
+            assert "disk holding the database is full" in r.json()["error"] and str(small_disk) in r.json()["error"]
+            ready = c.get("/readyz")
+            assert ready.status_code == 503 and "disk holding the database is full" in ready.json()["detail"]
+            assert c.get("/healthz").status_code == 200
+
+            (small_disk / "filler").unlink()  # someone frees space; the hooks send the batch again
+            assert c.post("/api/v1/ingest", content=big, headers=JSON).status_code == 200
+            assert c.get("/readyz").status_code == 200
+            assert len(c.get("/api/v1/runs/p/full/series/m19").json()["points"]) == 200
+    finally:
+        live.stop()

@@ -11,6 +11,7 @@ from txwatch.api.deps import get_services
 from txwatch.api.errors import NaNJSONResponse
 from txwatch.api.models import Health
 from txwatch.services import Services
+from txwatch.store.db import OneAtATime
 from txwatch.telemetry import REGISTRY
 
 router = APIRouter()
@@ -24,26 +25,31 @@ async def healthz():
 @router.get(
     "/readyz",
     response_model=Health,
-    summary="Readiness: database reachable and migrations current",
+    summary="Readiness: database reachable and answering, migrations current, the last batch written",
     responses={503: {"model": Health, "description": "not ready; detail says why"}},
 )
 async def readyz(services: Services = Depends(get_services)):
-    from txwatch.store.db import current_revision, head_revision, redact
+    from txwatch.store.db import DatabaseStuck, current_revision, head_revision, redact
 
     def check():
         try:
-            current = current_revision(services.db)
+            current = _READY_CHECK.call(lambda: current_revision(services.db), services.settings.db_timeout_s)
+        except DatabaseStuck as exc:
+            return f"database {redact(str(services.db.url))} not answering: {exc}"
         except Exception as exc:
             return f"database {redact(str(services.db.url))} unreachable: {exc.__class__.__name__}"
         head = head_revision()
         if current != head:
             return f"database schema at {current or 'nothing'}, expected {head}: run `txwatch db upgrade`"
-        return None
+        return getattr(services.collector, "write_problem", None)  # readable is not enough: the last batch failed
 
     problem = await run_in_threadpool(check)
     if problem:
         return NaNJSONResponse({"status": "unavailable", "detail": problem}, status_code=503)
     return {"status": "ok"}
+
+
+_READY_CHECK = OneAtATime("readyz")
 
 
 @router.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response)

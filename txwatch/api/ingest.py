@@ -15,6 +15,7 @@ from txwatch import exporter
 from txwatch.api.deps import get_services, require_token
 from txwatch.api.errors import NaNJSONResponse, batch_error, error_response
 from txwatch.api.models import ERRORS, ErrorBody, IngestAck
+from txwatch.collector.core import IngestBusy, IngestTimeout
 from txwatch.collector.schema import Batch
 from txwatch.services import Services
 
@@ -74,6 +75,23 @@ async def read_limited(request: Request, limit: int) -> bytes:
     },
 )
 async def ingest(request: Request, services: Services = Depends(get_services)):
+    if _IN_FLIGHT[0] >= services.settings.ingest_max_in_flight:
+        exporter.BATCHES_REJECTED.labels("busy").inc()
+        return error_response(
+            429, f"the collector is busy ({_IN_FLIGHT[0]} batches being stored); the batch was not stored, "
+            f"retry after {RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    _IN_FLIGHT[0] += 1  # the event loop's thread only: no lock needed
+    try:
+        return await _ingest(request, services)
+    finally:
+        _IN_FLIGHT[0] -= 1
+
+
+_IN_FLIGHT = [0]
+
+
+async def _ingest(request: Request, services: Services):
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "application/json":
         # Not a formality: a browser sends text/plain (or a form) cross-site without asking first; JSON it does not.
@@ -114,13 +132,24 @@ def _validate_and_store(services: Services, body: bytes):
         exporter.BATCHES_REJECTED.labels(reason).inc()
         return error_response(status, message, details)
     try:
-        result = services.collector.ingest(batch)
-    except SQLAlchemyError as exc:
+        result = services.collector.ingest(batch, timeout_s=services.settings.db_timeout_s)
+    except IngestBusy as exc:
+        exporter.BATCHES_REJECTED.labels("busy").inc()
+        return error_response(429, f"the collector is busy ({exc}); the batch was not stored, retry after "
+                              f"{RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
+    except IngestTimeout as exc:
         exporter.BATCHES_REJECTED.labels("unavailable").inc()
         _log_db_error(exc)
         return error_response(
-            503, f"database unavailable ({exc.__class__.__name__}); the batch was not stored, retry later",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
+            503, f"database not answering: {exc}; send it again later (if it was stored meanwhile, the resend is "
+            "recognised as a duplicate)", headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    except SQLAlchemyError as exc:
+        exporter.BATCHES_REJECTED.labels("unavailable").inc()
+        _log_db_error(exc)
+        why = services.collector.write_problem or f"database unavailable ({exc.__class__.__name__})"
+        return error_response(
+            503, f"{why}; the batch was not stored, retry later", headers={"Retry-After": str(RETRY_AFTER_S)},
         )
     # a Response, not a dict: FastAPI would validate the dict against IngestAck again on every batch
     return NaNJSONResponse({"accepted": result.accepted, "duplicate": result.duplicate, "points": result.points})

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from txwatch.collector.schema import Batch
 from txwatch.store import pipelined
+from txwatch.store.db import disk_full, disk_full_text
 from txwatch.store.ingest import BatchWriter, now_utc
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,16 @@ RETRIES = 3
 # batches, small enough that the first caller in a group does not wait long for the others.
 GROUP_MAX_BATCHES = 64
 GROUP_MAX_POINTS = 200_000
+
+
+class IngestBusy(Exception):
+    """More batches are waiting to be stored than ``max_queue``: the caller should come back later (429)."""
+
+
+class IngestTimeout(Exception):
+    """The batch was not stored within the caller's ``timeout_s`` (the database is slow or not answering).
+
+    It may still be stored later; sent again, it is recognised as a duplicate."""
 
 
 @dataclass(frozen=True)
@@ -68,9 +79,11 @@ class Collector:
             (once per kind of failure) and never loses the stored batch.
     """
 
-    def __init__(self, session_factory: sessionmaker[Session], rules: Any = None):
+    def __init__(self, session_factory: sessionmaker[Session], rules: Any = None, max_queue: int | None = None):
         self.session_factory = session_factory
         self.rules = rules
+        self.max_queue = max_queue  # batches waiting for their turn, at most; None: unbounded (embedded mode)
+        self.write_problem: str | None = None  # why the last batch could not be written (a full disk), for /readyz
         engine = session_factory.kw["bind"]
         self.engine = engine
         self.writer = BatchWriter(engine.dialect.name)
@@ -87,7 +100,7 @@ class Collector:
         self._turn = threading.Lock()  # held by the thread writing a group
         self._evaluating = threading.Lock()  # held by the thread running a group's rules
 
-    def ingest(self, batch: Batch) -> IngestResult:
+    def ingest(self, batch: Batch, timeout_s: float | None = None) -> IngestResult:
         """Store one batch and run the rules on it; a batch already stored is acknowledged as a duplicate.
 
         Concurrent callers are combined: while one thread writes, the batches that arrive queue up, and the
@@ -96,25 +109,41 @@ class Collector:
         keeps the cost per batch falling instead of the queue growing. Each caller returns when its own batch
         is stored and evaluated.
 
-        Raises the database's error when the database is unreachable or keeps failing (after retries).
+        Raises the database's error when the database is unreachable or keeps failing (after retries),
+        ``IngestBusy`` when ``max_queue`` batches are already waiting, and ``IngestTimeout`` when the batch is
+        not stored and evaluated within ``timeout_s`` (a batch not yet taken up is then withdrawn).
         """
         from txwatch import exporter
 
         started = time.perf_counter()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         item = _Pending(batch)
         with self._queue_lock:
+            if self.max_queue is not None and len(self._queue) >= self.max_queue:
+                raise IngestBusy(f"{len(self._queue)} batches are waiting to be stored")
             self._queue.append(item)
         while not item.taken:
-            self._turn.acquire()
+            if not self._turn.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())):
+                self._give_up(item, timeout_s)
             if item.taken:
                 self._turn.release()
                 break
             self._process(self._take_group())
-        item.done.wait()
+        if not item.done.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
+            self._give_up(item, timeout_s)
         if item.error is not None:
+            if disk_full(item.error):
+                self.write_problem = disk_full_text(self.engine)
             raise item.error
+        self.write_problem = None
         exporter.observe_ingest(item.result, time.perf_counter() - started)
         return item.result
+
+    def _give_up(self, item: _Pending, timeout_s: float | None) -> None:
+        with self._queue_lock:
+            if not item.taken:
+                self._queue.remove(item)
+        raise IngestTimeout(f"the database did not store the batch within {timeout_s:g} s")
 
     def _take_group(self) -> list[_Pending]:
         """The oldest queued batches, one per run, within the group limits (at least one)."""
@@ -260,7 +289,7 @@ class Collector:
                 self._series_count -= len(self._series.pop(run_id, {}))
 
     def _observe(self, stored: list[_Pending]) -> None:
-        items = [(item.run_id, item.batch.series, [e.model_dump() for e in item.batch.events]) for item in stored]
+        items = [(item.run_id, item.batch.series, _rule_events(item.batch)) for item in stored]
         try:
             # On SQLite the rule engine's writes (diagnoses, engine state) would otherwise race ingest's for the
             # one write lock, and SQLite's busy handler sleeps up to 100 ms per retry; queue them here instead.
@@ -288,3 +317,11 @@ def _retryable(exc: Exception) -> bool:
     return isinstance(exc, IntegrityError) or any(
         s in msg for s in ("deadlock", "could not serialize", "database is locked", "busy")
     )
+
+
+def _rule_events(batch: Batch) -> list[dict[str, Any]]:
+    """The batch's events as the rules read them; its run info (parameter roles, config) goes first."""
+    events = [e.model_dump() for e in batch.events]
+    if batch.run_info is not None:
+        events.insert(0, {"kind": "info", "info": batch.run_info.model_dump()})
+    return events

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -26,10 +28,75 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 # A pooled server connection unused for this long is checked before use (see _ping_when_idle).
 IDLE_PING_S = 10.0
+# PostgreSQL that does not answer must not hold a caller forever (120 s and more were seen): opening a connection
+# gives up after CONNECT_TIMEOUT_S, a statement after STATEMENT_TIMEOUT_S (far above any statement txwatch runs;
+# migrations lift it), and TCP keepalives plus tcp_user_timeout close a connection to a host that went silent.
+CONNECT_TIMEOUT_S = 10
+STATEMENT_TIMEOUT_S = 120
+DEAD_PEER_S = 30
 
 
 class DatabaseError(Exception):
     """A database could not be opened or upgraded; the message says why and what to do."""
+
+
+class DatabaseStuck(Exception):
+    """The database did not answer within the time a caller may wait (``OneAtATime``)."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` (a SQLAlchemy error or the driver's own) says the database's disk is full."""
+    orig = getattr(exc, "orig", None) or exc
+    if (getattr(orig, "sqlite_errorcode", 0) or 0) & 0xFF == 13:  # SQLITE_FULL
+        return True
+    if getattr(orig, "sqlstate", None) == "53100":  # PostgreSQL disk_full
+        return True
+    text = str(orig).lower()
+    return "database or disk is full" in text or "no space left on device" in text
+
+
+def disk_full_text(engine: Engine) -> str:
+    """What to tell people when ``engine``'s disk is full: where, and what to do."""
+    u = engine.url
+    where = f"on {Path(u.database).parent}" if u.get_backend_name() == "sqlite" and u.database else "on the database server"
+    return f"the disk holding the database is full ({where}): free space there; until then batches are refused"
+
+
+class OneAtATime:
+    """Runs a database read in a daemon thread of its own and waits for it at most ``timeout_s``.
+
+    For what must answer while the database does not (``/readyz``, the run figures of ``/metrics``): a read
+    stuck on a silent server is left behind, and while it is stuck the next callers are refused at once
+    (``DatabaseStuck``) rather than each leaving another thread behind it.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self._lock = threading.Lock()
+        self._running: threading.Thread | None = None
+        self._since = 0.0
+
+    def call(self, fn, timeout_s: float):
+        with self._lock:
+            if self._running is not None and self._running.is_alive():
+                raise DatabaseStuck(f"the database has not answered for {time.monotonic() - self._since:.0f} s")
+            box: dict[str, Any] = {}
+
+            def run() -> None:
+                try:
+                    box["value"] = fn()
+                except BaseException as exc:  # handed to the caller
+                    box["error"] = exc
+
+            thread = threading.Thread(target=run, name=f"txwatch.{self.name}", daemon=True)
+            self._running, self._since = thread, time.monotonic()
+            thread.start()
+        thread.join(timeout_s)
+        if thread.is_alive():
+            raise DatabaseStuck(f"the database did not answer within {timeout_s:g} s")
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
 
 
 def default_db_path() -> Path:
@@ -80,6 +147,14 @@ def make_engine(url: str | None = None, **kwargs) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     kwargs.setdefault("pool_size", 10)
+    kwargs.setdefault("pool_timeout", CONNECT_TIMEOUT_S)  # every pooled connection taken (and stuck): say so soon
+    if u.get_backend_name() == "postgresql":
+        kwargs.setdefault("connect_args", {
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_S * 1000}",
+            "keepalives": 1, "keepalives_idle": DEAD_PEER_S // 3, "keepalives_interval": DEAD_PEER_S // 6,
+            "keepalives_count": 3, "tcp_user_timeout": DEAD_PEER_S * 1000,
+        })
     engine = create_engine(url, **kwargs)
     if not kwargs.get("pool_pre_ping"):
         _ping_when_idle(engine.pool)
