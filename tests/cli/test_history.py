@@ -101,6 +101,9 @@ def test_csv_and_json_carry_the_same_columns(history, via):
 def test_piped_tables_print_full_run_names(history, via):
     assert LONG in txwatch("runs", *history[via]).stdout
     assert LONG in txwatch("series", LONG, *history[via]).stdout
+    for argv in (["runs"], ["show", LONG], ["series", LONG], ["diagnoses"], ["metrics", LONG, "loss"]):
+        out = txwatch(*argv, *history[via]).stdout
+        assert max(map(len, out.splitlines())) < 500, f"{argv}: nothing is padded to the unlimited width"
 
 
 def test_rules_replay_reads_a_daemon_like_the_database(history):

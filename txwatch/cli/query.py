@@ -162,7 +162,8 @@ def show(
     ]
     if detail.get("error"):
         lines.append(f"[red]{cell(detail['error']['type'])}: {cell(detail['error']['message'])}[/]")
-    console.print(Panel("\n".join(lines), title="run", title_align="left"))
+    # not expanded: piped, the console is WIDE columns wide
+    console.print(Panel("\n".join(lines), title="run", title_align="left", expand=False))
     if detail.get("config"):
         t = Table("config", "value", title_justify="left")
         for k, v in sorted(detail["config"].items()):
