@@ -99,7 +99,8 @@ class Monitor:
         self.started = time.time()
 
         sender = self._sender(options, url, secret)
-        spool = Spool(options.spool_root() / self.project / self.run / f"rank{self.rank}", options.spool_max_bytes)
+        spool = Spool(options.spool_root() / self.project / self.run / f"rank{self.rank}", options.spool_max_bytes,
+                      owner=sender.describe())  # where its batches go: only a process sending there adopts them
         run_info = {
             "config": wire.jsonable(dict(config or {})),
             "host": socket.gethostname()[:255],

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from txwatch_hooks.guard import Guard
 from txwatch_hooks.options import Options
 from txwatch_hooks.senders import SendResult
-from txwatch_hooks.spool import Spool
+from txwatch_hooks.spool import Spool, orphans
 from txwatch_hooks.wire import BatchBuilder, SealedBatch
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ class Transport:
         self._backoff_s = RETRY_BACKOFF_MIN_S
         self._next_retry = 0.0
         self.sent_batches = 0
+        self._orphans: list[Spool] = []  # other ended jobs' spools this process delivers (spool.orphans)
         if spool.max_seq() is not None:  # an earlier process left batches: continue after them
             builder.next_seq = max(builder.next_seq, spool.max_seq() + 1)
         _LIVE.add(self)
@@ -182,6 +183,10 @@ class Transport:
     # -- worker thread ------------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._adopt()
+        except Exception as exc:
+            self._guard.fail("adopting orphaned spools", exc, disable=False)
         while True:
             try:
                 if self._cycle():
@@ -191,8 +196,21 @@ class Transport:
                 time.sleep(0.05)
         try:
             self._sender.close()
+            for spool in [self._spool, *self._orphans]:
+                spool.release()
         except Exception as exc:
             self._guard.fail("transport close", exc, disable=False)
+
+    def _adopt(self) -> None:
+        """Take up the spools of ended jobs bound for the same collector; delete (and count) the too old."""
+        if self._spool.owner is None or not self._sender.available:
+            return
+        self._orphans, expired = orphans(self._spool.folder.parents[2], self._spool.owner, self._spool.folder)
+        for points, events in expired:
+            self.count_drop("orphan_expired", points + events)
+        if self._orphans:
+            log.info("txwatch: delivering %d batches that ended jobs left in %s",
+                     sum(len(s) for s in self._orphans), self._spool.folder.parents[2])
 
     def _cycle(self) -> bool:
         self._wake_event.wait(self._wait_s())
@@ -210,17 +228,21 @@ class Transport:
             self._seal_and_deliver()
         if wanted:
             ok = self._replay(deadline)
+            if ok and self._orphans:
+                self._replay_orphans(deadline)
             with self._cond:
                 self._flush_done = req
                 self._flush_ok = ok and not self._queue and builder.empty()
                 self._cond.notify_all()
         elif len(self._spool) and now >= self._next_retry:
             self._replay(None)
+        elif self._orphans and now >= self._next_retry:
+            self._replay_orphans(None)
         return stopping and not wanted
 
     def _wait_s(self) -> float:
         waits = [self._options.schedule_delay_s]
-        if len(self._spool):
+        if len(self._spool) or self._orphans:
             waits.append(self._next_retry - time.monotonic())
         return max(0.005, min(waits))
 
@@ -305,11 +327,19 @@ class Transport:
             self._backoff_s = RETRY_BACKOFF_MIN_S
         return result
 
-    def _replay(self, deadline: float | None) -> bool:
+    def _replay_orphans(self, deadline: float | None) -> None:
+        """Deliver the adopted spools, each in order, after this process's own; an emptied one is let go."""
+        while self._orphans:
+            if not self._replay(deadline, self._orphans[0]):
+                return
+            self._orphans.pop(0).release()
+
+    def _replay(self, deadline: float | None, spool: Spool | None = None) -> bool:
         """Send the spool oldest first; stop at the first failure (order is kept). True when it is empty."""
         flush_backoff = FLUSH_RETRY_MIN_S
-        while len(self._spool):
-            head = self._spool.head()
+        spool = self._spool if spool is None else spool
+        while len(spool):
+            head = spool.head()
             if head is None:
                 break
             _seq, data = head
@@ -320,16 +350,16 @@ class Transport:
                     return False
             result = self._send(data, timeout)
             if result is SendResult.OK:
-                self._spool.remove_head()
+                spool.remove_head()
                 continue
             if result is SendResult.REJECTED:
-                points, events = self._spool.head_counts()
+                points, events = spool.head_counts()
                 self.count_drop("rejected", points + events)
-                self._spool.remove_head()
+                spool.remove_head()
                 continue
             if result is SendResult.TOO_LARGE:  # its halves go to the end of the spool, and come round in turn
-                points, events = self._spool.head_counts()
-                self._spool.remove_head()
+                points, events = spool.head_counts()
+                spool.remove_head()
                 for half in self._halves(SealedBatch(_seq, data, points, events)):
                     self._keep(half)
                 continue
@@ -343,4 +373,4 @@ class Transport:
                 return False
             time.sleep(pause)
             flush_backoff = min(flush_backoff * 2, RETRY_BACKOFF_MIN_S * 2)
-        return not len(self._spool)
+        return not len(spool)

@@ -351,3 +351,56 @@ def test_a_full_disk_under_sqlite_is_said_by_readyz_and_by_ingest_and_nothing_is
             assert len(c.get("/api/v1/runs/p/full/series/m19").json()["points"]) == 200
     finally:
         live.stop()
+
+
+# -- 6. A job that ended while the collector was away: its spool is delivered by the next job --------------------
+
+
+def test_a_spool_left_by_a_job_that_ended_while_the_collector_was_away_is_delivered_by_the_next_one(tmp_path):
+    import os
+
+    from txwatch_hooks.testing import free_port
+
+    port = free_port()
+
+    class Away:  # where the jobs send while the collector is down: the same address it will come back on
+        url = f"http://127.0.0.1:{port}"
+
+    def job(run: str, steps: int, export_timeout_s: float = 0.3):
+        monitor = _watch(Away, tmp_path, run, export_timeout_s=export_timeout_s)
+        for step in range(1, steps + 1):
+            monitor.log(step=step, loss=1.0 / step)
+        return monitor
+
+    def ended_away(run: str, steps: int) -> None:
+        monitor = job(run, steps)
+        assert monitor.close(1) is False
+        _wait(lambda: not monitor._transport._thread.is_alive(), what="the job's end")  # the process is gone
+
+    ended_away("ended-away", 10)  # the job ends; its batches stay in the spool
+    left = tmp_path / "spool" / "p" / "ended-away" / "rank0"
+    assert [f for f in os.listdir(left) if f.endswith(".json")]
+    ended_away("long-ago", 4)  # another, whose batches will be too old to send
+    old = tmp_path / "spool" / "p" / "long-ago" / "rank0"
+    stale = [old / f for f in os.listdir(old) if f.endswith(".json")]
+    week_and_a_day = time.time() - 8 * 24 * 3600
+    for f in stale:
+        os.utime(f, (week_and_a_day, week_and_a_day))
+    expired = sum(int(n) for f in stale for n in f.name.removesuffix(".json").split("-")[1:])
+
+    live = start_live(db_url=f"sqlite:///{tmp_path / 'tx.db'}", port=port)
+    try:
+        nxt = job("next-job", 3, export_timeout_s=5.0)
+        assert nxt.close(30)
+        with live.client() as c:
+            pts = c.get("/api/v1/runs/p/ended-away/series/loss").json()["points"]
+            assert [p["step"] for p in pts] == list(range(1, 11))
+            assert c.get("/api/v1/runs/p/ended-away").json()["status"] == "finished"
+            assert c.get("/api/v1/runs/p/long-ago").status_code == 404  # deleted, not sent
+            assert not left.exists() and not old.exists()  # delivered, or too old: either way, gone
+            assert nxt.dropped.get("orphan_expired") == expired
+            line = (f'txwatch_run_client_dropped{{project="p",reason="orphan_expired",run="next-job"}} '
+                    f'{float(expired)}')
+            assert line in c.get("/metrics").text
+    finally:
+        live.stop()
