@@ -258,6 +258,7 @@ def test_a_stalled_postgresql_gets_prompt_answers_and_every_batch_stored_once_it
             with live.client() as c:
                 assert c.post("/api/v1/ingest", content=bodies[0], headers=JSON).status_code == 200
                 monitor = _watch(live, tmp_path, "hooked", export_timeout_s=3.0)
+                assert monitor.flush(10)  # its run exists; from now on it sends while the database is away
                 proxy.stall()
                 answers: list[tuple[int, float, str | None]] = []
 
@@ -267,7 +268,9 @@ def test_a_stalled_postgresql_gets_prompt_answers_and_every_batch_stored_once_it
                     answers.append((r.status_code, time.monotonic() - t, r.headers.get("retry-after")))
 
                 senders = [threading.Thread(target=send, args=(b,)) for b in bodies[1:]]
-                for t in senders:
+                senders[0].start()  # alone: its thread takes the turn to write, and waits on the database
+                time.sleep(0.5)
+                for t in senders[1:]:
                     t.start()
                 for step in range(1, 6):
                     monitor.log(step=step, loss=1.0 / step)
@@ -280,10 +283,14 @@ def test_a_stalled_postgresql_gets_prompt_answers_and_every_batch_stored_once_it
                 assert ready.status_code == 503 and "not answering" in ready.json()["detail"]
                 assert time.monotonic() - t < 4
                 assert c.get("/healthz").status_code == 200
+                t = time.monotonic()
+                assert c.get("/").status_code == 200  # the web page itself needs no database
+                runs = c.get("/api/v1/runs")  # its data does: a prompt 503, not a hang
+                assert runs.status_code == 503 and runs.headers["retry-after"] and time.monotonic() - t < 4
                 for t in senders:
                     t.join(30)
-                assert sorted({a[0] for a in answers}) == [429, 503], answers  # 13 at once, 8 at most in flight
-                assert all(a[1] < 6 and a[2] for a in answers), answers  # promptly, with Retry-After
+                assert len(answers) == 13 and sorted({a[0] for a in answers}) == [429, 503], answers  # 8 in flight
+                assert all(a[1] < 6 and a[2] for a in answers), answers  # promptly (2 x 2 s), with Retry-After
                 assert monitor.flush(2) is False and sum(monitor.dropped.values()) == 0  # the hooks spool
 
                 proxy.resume()

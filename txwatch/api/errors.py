@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 
 from txwatch.collector.schema import MAX_TIMESTAMP, SCHEMA_VERSION
 
+RETRY_AFTER_S = 5  # told to clients when the database is away or the collector busy; the hooks spool and retry
 MAX_DETAILS = 20  # a batch with 10,000 bad points gets the first 20 problems, and the count
 MAX_GOT_CHARS = 80
 
@@ -171,4 +172,4 @@ async def database_down_handler(request: Request, exc: Exception):
     import logging
 
     logging.getLogger(__name__).warning("database error on %s: %s", request.url.path, exc.__class__.__name__)
-    return error_response(503, "database unavailable; retry later", headers={"Retry-After": "5"})
+    return error_response(503, "database unavailable; retry later", headers={"Retry-After": str(RETRY_AFTER_S)})

@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 import time
 
+import anyio
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from txwatch import exporter
 from txwatch.api.deps import get_services, require_token
-from txwatch.api.errors import NaNJSONResponse, batch_error, error_response
+from txwatch.api.errors import RETRY_AFTER_S, NaNJSONResponse, batch_error, error_response
 from txwatch.api.models import ERRORS, ErrorBody, IngestAck
 from txwatch.collector.core import IngestBusy, IngestTimeout
 from txwatch.collector.schema import Batch
@@ -22,9 +22,6 @@ from txwatch.services import Services
 log = logging.getLogger(__name__)
 
 router = APIRouter()
-
-RETRY_AFTER_S = 5  # told to clients when the database is away; the hooks spool and retry
-
 
 def _batch_schema() -> dict:
     schema = Batch.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -75,20 +72,20 @@ async def read_limited(request: Request, limit: int) -> bytes:
     },
 )
 async def ingest(request: Request, services: Services = Depends(get_services)):
-    if _IN_FLIGHT[0] >= services.settings.ingest_max_in_flight:
+    # Counted per app, on its event loop's thread only (no lock needed); checked before a worker thread is taken.
+    state = request.app.state
+    in_flight = getattr(state, "ingest_in_flight", 0)
+    if in_flight >= services.settings.ingest_max_in_flight:
         exporter.BATCHES_REJECTED.labels("busy").inc()
         return error_response(
-            429, f"the collector is busy ({_IN_FLIGHT[0]} batches being stored); the batch was not stored, "
+            429, f"the collector is busy ({in_flight} batches being stored); the batch was not stored, "
             f"retry after {RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)},
         )
-    _IN_FLIGHT[0] += 1  # the event loop's thread only: no lock needed
+    state.ingest_in_flight = in_flight + 1
     try:
         return await _ingest(request, services)
     finally:
-        _IN_FLIGHT[0] -= 1
-
-
-_IN_FLIGHT = [0]
+        state.ingest_in_flight -= 1
 
 
 async def _ingest(request: Request, services: Services):
@@ -119,7 +116,16 @@ async def _ingest(request: Request, services: Services):
                               [{"field": "(body)", "problem": "empty"}])
     exporter.INGEST_IN_FLIGHT.inc()
     try:
-        return await run_in_threadpool(_validate_and_store, services, body)
+        # Collector.ingest gives up after db_timeout_s, except in the thread whose turn it is to write, which
+        # waits on the database itself: this request is answered all the same, and the write finishes (or fails)
+        # on its own; resent, the batch is a duplicate if it was stored. Twice the time: validation counts too.
+        with anyio.move_on_after(2 * services.settings.db_timeout_s):
+            return await anyio.to_thread.run_sync(_validate_and_store, services, body, abandon_on_cancel=True)
+        exporter.BATCHES_REJECTED.labels("unavailable").inc()
+        return error_response(
+            503, f"database not answering within {2 * services.settings.db_timeout_s:g} s; send the batch again "
+            "later", headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     finally:
         exporter.INGEST_IN_FLIGHT.dec()
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from txwatch.api.deps import get_services, require_token
-from txwatch.api.errors import NaNJSONResponse
+from txwatch.api.errors import RETRY_AFTER_S, NaNJSONResponse, error_response
 from txwatch.api.models import ERRORS, DiagnosisList, Layers, RunDetail, RunList, SeriesList, SeriesPoints
 from txwatch.collector.schema import METRIC_PATTERN, NAME_PATTERN
 from txwatch.rules.model import RULE_ID_PATTERN
@@ -124,11 +126,32 @@ async def list_diagnoses(
 
 
 async def _read(services: Services, query: Callable[[Session], Any]):
-    """``query(session)`` in the thread pool (the database calls block), answered as JSON as is: NaN allowed,
-    and no re-validation by FastAPI against the documented model."""
+    """``query(session)`` in a worker thread (the database calls block), answered as JSON as is: NaN allowed,
+    and no re-validation by FastAPI against the documented model.
+
+    A database that does not answer within ``db_timeout_s`` gets a 503 with Retry-After; the read is left to
+    finish on its own, and at most ``MAX_STUCK_READS`` such reads hold threads at once (the rest wait their turn,
+    within the same time limit), so they can never take the threads ingest, /readyz and /metrics need."""
 
     def work():
         with services.session_factory() as session:
             return query(session)
 
-    return NaNJSONResponse(await run_in_threadpool(work))
+    try:
+        with anyio.fail_after(services.settings.db_timeout_s):
+            result = await anyio.to_thread.run_sync(work, abandon_on_cancel=True, limiter=_limiter())
+    except TimeoutError:
+        return error_response(503, f"database not answering within {services.settings.db_timeout_s:g} s; retry "
+                              "later", headers={"Retry-After": str(RETRY_AFTER_S)})
+    return NaNJSONResponse(result)
+
+
+MAX_STUCK_READS = 8
+_LIMITERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its CapacityLimiter
+
+
+def _limiter() -> anyio.CapacityLimiter:
+    loop = asyncio.get_running_loop()
+    if loop not in _LIMITERS:
+        _LIMITERS[loop] = anyio.CapacityLimiter(MAX_STUCK_READS)
+    return _LIMITERS[loop]
