@@ -22,15 +22,23 @@ def quiet() -> None:
 
 
 def evaluate(name: str) -> dict[str, Any]:
-    """Train, diagnose and score the scenario ``name``; returns its ``Row`` as a dict."""
+    """Train, diagnose and score the scenario ``name``; returns its ``Row`` as a dict.
+
+    With ``TXWATCH_BENCH_CACHE`` set to a folder, the recording (what the hooks sent) is kept there and reused
+    while the hooks' and the scenarios' code is unchanged (``cache.key``): a change to the rules alone is
+    then scored without training again."""
     quiet()
+    from benchmarks.scenarios import cache
     from benchmarks.scenarios.diagnose import diagnose
     from benchmarks.scenarios.record import record
     from benchmarks.scenarios.registry import by_name
     from benchmarks.scenarios.score import as_dict, score
 
     scenario = by_name()[name]
-    recording = record(scenario)
+    recording = cache.load(scenario)
+    if recording is None:
+        recording = record(scenario)
+        cache.save(recording)
     found = diagnose(recording.batches)
     return as_dict(score(scenario, found, recording.batches, recording.wall_s, recording.error))
 
