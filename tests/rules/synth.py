@@ -58,11 +58,15 @@ def builtin_rules():
     return _BUILTIN
 
 
-def run_rules(series: Series, events: list[dict] | None = None, rules=None, batch_steps: int = 10, settings=None) -> Result:
-    """Feed ``series`` to a fresh in-memory core in batches of ``batch_steps`` steps, then ``events``."""
+def run_rules(series: Series, events: list[dict] | None = None, rules=None, batch_steps: int = 10, settings=None,
+              info: dict | None = None) -> Result:
+    """Feed ``series`` to a fresh in-memory core in batches of ``batch_steps`` steps, then ``events``; ``info``
+    (a run_info: parameter roles, layer order) goes with the first batch, as the collector passes it."""
     core = Core(rules if rules is not None else builtin_rules(), settings or {"stall_after_s": 300.0})
     state = core.new_state(1)
     out: list[Transition] = []
+    if info is not None:
+        out += core.process(state, {}, [{"kind": "info", "info": info}])
     steps = sorted({p[0] for pts in series.values() for p in pts})
     if steps:
         lo, hi = steps[0], steps[-1]

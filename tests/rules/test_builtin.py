@@ -157,7 +157,7 @@ def test_gradient_explosion_fires_on_a_sustained_spike_against_the_running_media
     fire = run_rules({"grad_norm_total": points(norms)}).first_fire("gradient-explosion")
     assert fire is not None and fire.step == 102  # two of the last three samples spiked
     assert fire.rule.severity == "critical"
-    assert fire.reason.startswith("the total gradient norm (median of its last 3 samples) is 20, ")
+    assert fire.reason.startswith("the total gradient norm is 20 (median of its last 3 samples)")
 
 
 def test_gradient_explosion_near_miss_one_odd_batch_is_not_an_explosion():
@@ -180,7 +180,8 @@ def test_vanishing_gradients_names_the_layers_far_below_the_rest():
         "grad_norm/layers.1.weight": points(curve(30, lambda s: 1e-3, 0.1)),
         "grad_norm/head.weight": points(curve(30, lambda s: 0.1, 0.1)),
     }
-    fire = run_rules(series).first_fire("vanishing-gradients")
+    order = {"layers": ["layers.0.weight", "layers.1.weight", "head.weight"]}  # the model's order, input first
+    fire = run_rules(series, info=order).first_fire("vanishing-gradients")
     assert fire is not None
     assert fire.evidence["layers"] == ["layers.0.weight"]
     assert "layers.0.weight" in fire.reason
@@ -191,15 +192,17 @@ def test_vanishing_gradients_near_miss_a_converged_model_has_small_gradients_eve
     assert "vanishing-gradients" not in run_rules(series).ids()
 
 
-def test_dead_layer_fires_per_layer_after_five_exactly_zero_samples():
+def test_dead_layer_fires_once_naming_every_layer_after_five_exactly_zero_samples():
     series = {
         "grad_norm/fc1.weight": points([0.3] * 5 + [0.0] * 10, every=10),
+        "grad_norm/fc1.bias": points([0.1] * 5 + [0.0] * 10, every=10),
         "grad_norm/fc2.weight": points([0.2] * 15, every=10),
     }
     result = run_rules(series)
     fires = result.fired("dead-layer")
-    assert [(f.layer, f.step) for f in fires] == [("fc1.weight", 91)]  # the 5th zero sample
-    assert "fc1.weight" in fires[0].reason
+    assert [f.step for f in fires] == [91]  # the 5th zero sample: one diagnosis, not one per layer
+    assert fires[0].evidence["layers"] == ["fc1.bias", "fc1.weight"]
+    assert "fc1.weight" in fires[0].reason and "fc1.bias" in fires[0].reason
 
 
 def test_dead_layer_near_miss_a_tiny_but_nonzero_gradient_is_alive():
@@ -207,21 +210,17 @@ def test_dead_layer_near_miss_a_tiny_but_nonzero_gradient_is_alive():
     assert "dead-layer" not in run_rules(series).ids()
 
 
-def test_gradient_imbalance_fires_when_layers_differ_by_more_than_four_orders_of_magnitude():
-    series = {
-        "grad_norm/embed.weight": points(curve(40, lambda s: 2e-5, 0.1)),
-        "grad_norm/head.weight": points(curve(40, lambda s: 1.0, 0.1)),
-    }
+def test_gradient_imbalance_fires_when_a_layer_is_four_orders_of_magnitude_below_the_typical_one():
+    series = {f"grad_norm/blocks.{i}.weight": points(curve(40, lambda s: 1.0, 0.1, seed=i)) for i in range(5)}
+    series["grad_norm/embed.weight"] = points(curve(40, lambda s: 2e-5, 0.1))
     fire = run_rules(series).first_fire("gradient-imbalance")
     assert fire is not None
-    assert sorted(fire.evidence["layers"]) == ["embed.weight", "head.weight"]
+    assert "embed.weight" in fire.evidence["layers"]
 
 
-def test_gradient_imbalance_near_miss_three_orders_of_magnitude():
-    series = {
-        "grad_norm/embed.weight": points(curve(60, lambda s: 1e-3, 0.1)),
-        "grad_norm/head.weight": points(curve(60, lambda s: 1.0, 0.1)),
-    }
+def test_gradient_imbalance_near_miss_under_three_orders_of_magnitude_from_the_typical_layer():
+    series = {f"grad_norm/blocks.{i}.weight": points(curve(60, lambda s: 1.0, 0.1, seed=i)) for i in range(5)}
+    series["grad_norm/embed.weight"] = points(curve(60, lambda s: 2e-3, 0.1))
     assert "gradient-imbalance" not in run_rules(series).ids()
 
 

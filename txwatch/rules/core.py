@@ -105,10 +105,17 @@ class Core:
         events: Iterable[Mapping[str, Any]] = (),
     ) -> list[Transition]:
         """Apply a batch (``series``: name -> [(step, time, value)], ``events``: dicts) and evaluate rules."""
+        events = list(events)
+        for ev in events:
+            if ev.get("kind") == "info":  # the run's info, which the collector adds to the batch that carries it:
+                state.learn_roles(ev.get("info") or {})  # its parameter roles apply to the batch's own points
+        events = [ev for ev in events if ev.get("kind") != "info"]
         out: list[Transition] = []
         holds: dict[tuple[str, str | None], tuple[Rule, str | None, int, float]] = {}
         by_step: dict[int, list[tuple[Any, float, float, list[tuple[Rule, str | None]]]]] = defaultdict(list)
         for name, points in series.items():
+            if name.startswith("lr/"):
+                state.saw_lr(name, points)
             buf = state.buffer_for(name)
             if buf is None:
                 continue
@@ -157,6 +164,8 @@ class Core:
         facts = state.facts
         for ev in events:
             kind = ev.get("kind")
+            if kind == "info":  # learnt before the batch's points (``process``)
+                continue
             t = ev.get("time")
             if isinstance(t, (int, float)) and math.isfinite(t):
                 if facts.last_time is None or t > facts.last_time:

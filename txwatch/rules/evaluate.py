@@ -49,6 +49,9 @@ class RunFacts:
     start_time: float | None = None  # time of the first point or start event
     last_time: float | None = None  # latest point or event time
     idle_s: float | None = None  # seconds since last heard from; only set by the scheduler's check
+    params: dict[str, list[Any]] | None = None  # parameter roles from run_info (``roles.from_info``)
+    lr_peak: dict[str, float] = field(default_factory=dict)  # each lr/<group> series' highest value so far
+    config: dict[str, Any] = field(default_factory=dict)  # the run's config, as the hooks sent it
 
 
 class View(Protocol):
@@ -58,7 +61,7 @@ class View(Protocol):
 
     def series(self, name: str) -> SeriesBuffer | None: ...
 
-    def layer_keys(self, patterns: tuple[str, ...]) -> list[str]: ...
+    def layer_keys(self, patterns: tuple[str, ...], kinds: frozenset[str] | None = None) -> list[str]: ...
 
 
 @dataclass
@@ -262,6 +265,7 @@ class Compiler:
     def _quantifier(self, node: Call) -> Fn:
         body = self.compile(node.args[0])
         patterns = tuple(sorted(set(_direct_wildcards(node.args[0]))))
+        kinds = quantifier_kinds(node)
         name = node.name
         nid = id(node)
         # Across steps, the result only changes when a series it reads changes: unless the test keeps a
@@ -282,9 +286,12 @@ class Compiler:
                 if kept is not None and kept[0] == versions:
                     ctx.memo[nid] = kept[1]
                     return kept[1]
-            keys = view.layer_keys(patterns)
+            keys = view.layer_keys(patterns, kinds)
             values = [(k, body(ctx, k)) for k in keys]
-            result = _reduce(name, values)
+            if name == "depth_corr":
+                result = _depth_corr(values) if view.facts.params is not None else None
+            else:
+                result = _reduce(name, values)
             if versions is not None:
                 view.quantifier_memo[nid] = (versions, result)
             if ctx.explain is not None:
@@ -426,6 +433,37 @@ def _reduce(name: str, values: list[tuple[str, Value]]) -> Value:
         return nums[0]
     mid = len(nums) // 2  # median_layers
     return nums[mid] if len(nums) % 2 else (nums[mid - 1] + nums[mid]) / 2
+
+
+def quantifier_kinds(node: Call) -> frozenset[str] | None:
+    """The parameter kinds a quantifier judges (``kind="weight"``, ``kind="weight,embedding"``); None: all."""
+    given = node.kwargs.get("kind")
+    if not isinstance(given, Str):
+        return None
+    return frozenset(k.strip() for k in given.value.split(","))
+
+
+def _depth_corr(values: list[tuple[str, Value]]) -> Value:
+    """Spearman's rank correlation of the values with their layers' order (given input side first)."""
+    vals = [float(v) for _, v in values if v is not None and not isinstance(v, bool) and math.isfinite(v)]
+    if len(vals) < 3:
+        return None
+    n = len(vals)
+    ranks = [0.0] * n
+    order = sorted(range(n), key=vals.__getitem__)
+    i = 0
+    while i < n:  # ties share their mean rank
+        j = i
+        while j + 1 < n and vals[order[j + 1]] == vals[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    mean = (n - 1) / 2
+    cov = sum((r - mean) * (k - mean) for k, r in enumerate(ranks))
+    var_r = sum((r - mean) ** 2 for r in ranks)
+    var_k = sum((k - mean) ** 2 for k in range(n))
+    return cov / math.sqrt(var_r * var_k) if var_r > 0 else None
 
 
 def _direct_wildcards(node: Node) -> Iterable[str]:

@@ -75,6 +75,9 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     "max_layers": FunctionSpec("quantifier", "num", args=("num",), doc="largest value over the layers"),
     "min_layers": FunctionSpec("quantifier", "num", args=("num",), doc="smallest value over the layers"),
     "median_layers": FunctionSpec("quantifier", "num", args=("num",), doc="median value over the layers"),
+    "depth_corr": FunctionSpec(
+        "quantifier", "num", args=("num",),
+        doc="rank correlation of the value with the layer's depth (input side first; needs the hooks' roles)"),
     # baselines of an expression across evaluations
     "running_min": FunctionSpec(
         "running", "num", args=("num",), doc="lowest value the expression has had (since the start, or last=N steps)"
@@ -97,6 +100,7 @@ FUNCTIONS: dict[str, FunctionSpec] = {
 }
 WINDOW_KWARGS = ("last", "points", "first", "shift", "prev")
 END_STATUSES = ("finished", "crashed", "oom")
+PARAM_KINDS = ("weight", "bias", "norm", "embedding", "other")  # the hooks' parameter roles (rules.roles)
 SETTINGS_READABLE = ("stall_after_s",)
 
 
@@ -185,6 +189,8 @@ class _Checker:
             return self.check_aggregate(node, spec, layer_bound)
         if spec.group == "running" and node.kwargs:
             node.window = self.history_window(node)
+        elif spec.group == "quantifier" and node.kwargs:
+            self.kinds(node)
         elif node.kwargs:
             key = next(iter(node.kwargs))
             self.fail(node.kwarg_pos[key], f"{node.name}() takes no keyword arguments (got {key}=)")
@@ -254,6 +260,15 @@ class _Checker:
         node.series = ref
         self.series.append(ref)
         return "num"
+
+    def kinds(self, node: Call) -> None:
+        """A quantifier's kind="weight[,bias,norm,embedding,other]": judge only training parameters of those kinds."""
+        for key, value in node.kwargs.items():
+            if key != "kind":
+                self.fail(node.kwarg_pos[key], f"{node.name}() takes kind=\"weight\" (parameter kinds), not {key}=")
+            kinds = [k.strip() for k in value.value.split(",")] if isinstance(value, Str) else []
+            if not kinds or any(k not in (*PARAM_KINDS, "any") for k in kinds):
+                self.fail(value, f"kind= takes a quoted list of {', '.join(PARAM_KINDS)} or any, e.g. kind=\"weight\"")
 
     def history_window(self, node: Call) -> Window:
         """running_min/max(expr, last=N[, shift=K]): over the expression's values in the last N steps."""

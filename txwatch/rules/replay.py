@@ -87,6 +87,8 @@ def replay(
             for sid, name in session.execute(select(Series.id, Series.name).where(Series.run_id == row.id)).all()
             if core.index.match(name)[0] is not None
         }
+        if row.info:
+            _collect(core.process(state, {}, [{"kind": "info", "info": row.info}]), out, include_pending)
         for chunk in _chunks(session, wanted):
             _collect(core.process(state, chunk, ()), out, include_pending)
         end = _end_event(row, state.max_step)

@@ -14,6 +14,7 @@ import zlib
 from dataclasses import asdict
 from typing import Any
 
+from txwatch.rules import roles
 from txwatch.rules.evaluate import RunFacts
 from txwatch.rules.lifecycle import Tracker
 from txwatch.rules.window import Needs, SeriesBuffer
@@ -70,7 +71,7 @@ class RunState:
         self.node_state: dict[str, dict[str, float]] = {}  # rule_id -> running baselines
         self.max_step = 0
         self.version = 0  # engine_state.version this state corresponds to
-        self._layer_cache: dict[tuple[str, ...], list[str]] = {}
+        self._layer_cache: dict[tuple[tuple[str, ...], frozenset[str] | None], list[str]] = {}
         # transient (not saved): a counter per series pattern, bumped when any of its series gets a point or a
         # layer joins, so a per-layer test over unchanged series is not recomputed at every step
         self.family_version: dict[str, int] = {}
@@ -81,15 +82,46 @@ class RunState:
     def series(self, name: str) -> SeriesBuffer | None:
         return self.buffers.get(name)
 
-    def layer_keys(self, patterns: tuple[str, ...]) -> list[str]:
-        keys = self._layer_cache.get(patterns)
+    def layer_keys(self, patterns: tuple[str, ...], kinds: frozenset[str] | None = None) -> list[str]:
+        """The layer keys of ``patterns``' series; with ``kinds``, only the training parameters of those kinds."""
+        keys = self._layer_cache.get((patterns, kinds))
         if keys is None:
-            found: set[str] = set()
+            found: dict[str, str] = {}
             for p in patterns:
-                found.update(self.families.get(p, ()))
-            keys = sorted(found)
-            self._layer_cache[patterns] = keys
+                for key, name in self.families.get(p, {}).items():
+                    found.setdefault(key, name)
+            facts = self.facts
+            if kinds is not None:
+                found = {k: n for k, n in found.items()
+                         if roles.judged(facts.params, facts.lr_peak, n.split("/", 1)[-1], kinds)}
+            # in model order (input side first) when the roles say it, else by name
+            keys = sorted(found, key=lambda k: (roles.position(facts.params, found[k].split("/", 1)[-1]), k))
+            self._layer_cache[(patterns, kinds)] = keys
         return keys
+
+    def learn_roles(self, info: dict[str, Any]) -> None:
+        """The parameter roles and config of the run's info (sent with its first batch, again when it changes)."""
+        params = roles.from_info(info)
+        if params is not None:
+            self.facts.params = params
+            self.roles_changed()
+        if isinstance(info.get("config"), dict):
+            self.facts.config = info["config"]
+
+    def saw_lr(self, name: str, points: list[Any]) -> None:
+        """Keep each learning-rate series' peak: a param group whose rate was never above 0 does not train."""
+        peak = self.facts.lr_peak
+        old = peak.get(name, 0.0)
+        new = max([old, *(float(p[2]) for p in points if float(p[2]) == float(p[2]))])
+        if name not in peak or (old <= 0 < new):
+            peak[name] = new
+            self.roles_changed()
+        elif new > old:
+            peak[name] = new
+
+    def roles_changed(self) -> None:
+        self._layer_cache.clear()
+        self.quantifier_memo.clear()
 
     # ------------------------------------------------------------ writing
 
