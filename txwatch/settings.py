@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 DEFAULT_PORT = 8642
@@ -63,7 +63,7 @@ class Settings(BaseSettings):
 
     @field_validator("token", "slack_token", "slack_webhook_url", "webhook_url", mode="before")
     @classmethod
-    def _secret_not_empty(cls, v: Any, info) -> Any:
+    def _secret_not_empty(cls, v: Any, info: ValidationInfo) -> Any:
         # An empty secret is a mistake (an unset variable expanded to ""), never a choice: TXWATCH_TOKEN=""
         # would otherwise pass the "token required off loopback" check and accept "Bearer " with nothing after it.
         raw = v.get_secret_value() if isinstance(v, SecretStr) else v

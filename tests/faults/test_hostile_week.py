@@ -183,8 +183,7 @@ def test_a_non_utf8_file_name_in_the_config_and_the_crash_reaches_the_collector(
                     monitor.log(loss=1.0)
                 raise FileNotFoundError(f"cannot read {data / name}")
         with live.client() as c:
-            run = _wait(lambda: c.get("/api/v1/runs/p/latin1").json() if c.get("/api/v1/runs/p/latin1").status_code
-                        == 200 else None, what="the run")
+            run = _wait(lambda: (r := c.get("/api/v1/runs/p/latin1")).status_code == 200 and r.json(), what="the run")
             assert run["config"] == {"files": ["caf\ufffd.bin"]}
             assert run["status"] == "crashed"
             _wait(lambda: c.get("/api/v1/diagnoses", params={"run": "p/latin1", "rule": "run-crashed"})
