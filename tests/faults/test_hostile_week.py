@@ -200,7 +200,7 @@ def test_a_lone_surrogate_that_still_arrives_is_a_422_naming_the_field(tmp_path)
         with live.client() as c:
             r = c.post("/api/v1/ingest", content=body, headers=JSON)
             assert r.status_code == 422, r.text
-            assert r.json()["details"] == [{"field": "run_info.config.path", "problem": r.json()["details"][0]["problem"]}]
+            assert [d["field"] for d in r.json()["details"]] == ["run_info.config.path"]
             assert "not valid Unicode" in r.json()["error"]
     finally:
         live.stop()
@@ -276,20 +276,21 @@ def test_a_stalled_postgresql_gets_prompt_answers_and_every_batch_stored_once_it
                 time.sleep(0.5)
                 t = time.monotonic()
                 metrics = c.get("/metrics")
-                assert metrics.status_code == 200 and time.monotonic() - t < 4
+                assert metrics.status_code == 200 and time.monotonic() - t < 6
                 t = time.monotonic()
                 ready = c.get("/readyz")
                 assert ready.status_code == 503 and "not answering" in ready.json()["detail"]
-                assert time.monotonic() - t < 4
+                assert time.monotonic() - t < 6
                 assert c.get("/healthz").status_code == 200
                 t = time.monotonic()
                 assert c.get("/").status_code == 200  # the web page itself needs no database
                 runs = c.get("/api/v1/runs")  # its data does: a prompt 503, not a hang
-                assert runs.status_code == 503 and runs.headers["retry-after"] and time.monotonic() - t < 4
+                assert runs.status_code == 503 and runs.headers["retry-after"] and time.monotonic() - t < 6
                 for t in senders:
                     t.join(30)
                 assert len(answers) == 13 and sorted({a[0] for a in answers}) == [429, 503], answers  # 8 in flight
-                assert all(a[1] < 6 and a[2] for a in answers), answers  # promptly (2 x 2 s), with Retry-After
+                # promptly (at most 2 x 2 s, and room for a busy machine), with Retry-After
+                assert all(a[1] < 8 and a[2] for a in answers), answers
                 assert monitor.flush(2) is False and sum(monitor.dropped.values()) == 0  # the hooks spool
 
                 proxy.resume()
@@ -299,7 +300,8 @@ def test_a_stalled_postgresql_gets_prompt_answers_and_every_batch_stored_once_it
                 assert monitor.close(30) and sum(monitor.dropped.values()) == 0
                 pts = c.get("/api/v1/runs/p/stalled/series/loss").json()["points"]
                 assert [p["step"] for p in pts] == list(range(1, 15))
-                assert [p["step"] for p in c.get("/api/v1/runs/p/hooked/series/loss").json()["points"]] == [1, 2, 3, 4, 5]
+                hooked = c.get("/api/v1/runs/p/hooked/series/loss").json()["points"]
+                assert [p["step"] for p in hooked] == [1, 2, 3, 4, 5]
                 assert c.get("/readyz").status_code == 200
         finally:
             proxy.resume()

@@ -58,7 +58,8 @@ def disk_full(exc: BaseException) -> bool:
 def disk_full_text(engine: Engine) -> str:
     """What to tell people when ``engine``'s disk is full: where, and what to do."""
     u = engine.url
-    where = f"on {Path(u.database).parent}" if u.get_backend_name() == "sqlite" and u.database else "on the database server"
+    sqlite = u.get_backend_name() == "sqlite" and u.database
+    where = f"on {Path(u.database).parent}" if sqlite else "on the database server"
     return f"the disk holding the database is full ({where}): free space there; until then batches are refused"
 
 
