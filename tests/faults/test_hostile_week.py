@@ -131,8 +131,9 @@ def test_a_page_on_another_site_can_neither_write_nor_read_runs_on_the_loopback_
         r = httpx.post(live.url + "/api/v1/ingest", content=body, timeout=10, headers={"Content-Type": "text/plain"})
         assert r.status_code == 415 and "application/json" in r.json()["error"]
         # DNS rebinding: evil.example now resolves to 127.0.0.1; the browser sends its name as the Host.
-        for path in ("/api/v1/runs", "/"):
-            r = httpx.get(live.url + path, headers={"Host": "evil.example:8642"}, timeout=10)
+        for path, host in (("/api/v1/runs", "evil.example:8642"), ("/", "evil.example"),
+                           ("/api/v1/runs", "127.0.0.1.evil.example")):
+            r = httpx.get(live.url + path, headers={"Host": host}, timeout=10)
             assert r.status_code == 403 and "evil.example" in r.json()["error"], path
         with live.client() as c:
             assert c.get("/api/v1/runs").json()["runs"] == []  # nothing of the above was stored
@@ -140,6 +141,7 @@ def test_a_page_on_another_site_can_neither_write_nor_read_runs_on_the_loopback_
             assert c.post("/api/v1/ingest", content=body, headers=JSON).status_code == 200
             r = c.get("/api/v1/runs", headers={"Origin": live.url, "Host": "localhost"})
             assert r.status_code == 200 and r.json()["runs"][0]["name"] == "mine"
+            assert c.get("/api/v1/runs", headers={"Host": "[::1]:8642", "Origin": "http://127.0.0.2"}).status_code == 200
     finally:
         live.stop()
 

@@ -10,6 +10,7 @@ token, or off loopback (where a token is required), the token does this job and 
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
 
 from txwatch.api import errors
@@ -26,7 +27,12 @@ def _hostname(value: str) -> str:
 
 
 def _is_local(name: str, extra: frozenset[str]) -> bool:
-    return name in LOCAL_NAMES or name in extra or name.endswith(".localhost") or name.startswith("127.")
+    if name in LOCAL_NAMES or name in extra or name.endswith(".localhost"):
+        return True
+    try:  # an address, never a name that merely starts like one (127.0.0.1.evil.example)
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 class LocalOnly:
