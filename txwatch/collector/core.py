@@ -31,6 +31,10 @@ RUN_CACHE_MAX = 50_000
 RETRIES = 3
 
 
+# /readyz reports a failed write this long at most: readiness cannot probe for free space itself, and a collector
+# out of service would otherwise get no batch to find out that space was freed.
+WRITE_PROBLEM_HOLD_S = 60.0
+
 # Limits of one combined write (see Collector.ingest): enough to amortize a transaction over many small
 # batches, small enough that the first caller in a group does not wait long for the others.
 GROUP_MAX_BATCHES = 64
@@ -83,7 +87,7 @@ class Collector:
         self.session_factory = session_factory
         self.rules = rules
         self.max_queue = max_queue  # batches waiting for their turn, at most; None: unbounded (embedded mode)
-        self.write_problem: str | None = None  # why the last batch could not be written (a full disk), for /readyz
+        self._write_problem: tuple[float, str] | None = None  # (when, why) the last batch could not be written
         engine = session_factory.kw["bind"]
         self.engine = engine
         self.writer = BatchWriter(engine.dialect.name)
@@ -133,11 +137,20 @@ class Collector:
             self._give_up(item, timeout_s)
         if item.error is not None:
             if disk_full(item.error):
-                self.write_problem = disk_full_text(self.engine)
+                self._write_problem = (time.monotonic(), disk_full_text(self.engine))
             raise item.error
-        self.write_problem = None
+        self._write_problem = None
         exporter.observe_ingest(item.result, time.perf_counter() - started)
         return item.result
+
+    @property
+    def write_problem(self) -> str | None:
+        """Why the last batch could not be written (a full disk), for ``/readyz``; None once one was written, or
+        after ``WRITE_PROBLEM_HOLD_S`` (so a replica taken out of service for it gets batches to try again)."""
+        problem = self._write_problem
+        if problem is None or time.monotonic() - problem[0] > WRITE_PROBLEM_HOLD_S:
+            return None
+        return problem[1]
 
     def _give_up(self, item: _Pending, timeout_s: float | None) -> None:
         with self._queue_lock:
