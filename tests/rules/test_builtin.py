@@ -17,7 +17,7 @@ BUILTIN_IDS = {
     "out-of-memory", "memory-pressure", "loss-nonfinite", "loss-diverging", "loss-not-decreasing",
     "loss-oscillating", "gradient-explosion", "vanishing-gradients", "dead-layer", "gradient-imbalance",
     "update-ratio-high", "update-ratio-low", "slow-training", "overfitting", "no-warmup", "run-stalled",
-    "run-crashed", "fp16-overflow",
+    "run-crashed", "fp16-overflow", "lr-jump",
 }
 
 
@@ -263,6 +263,37 @@ def test_update_ratio_low_near_miss_the_tail_of_a_decayed_schedule():
     lr = [1e-3 * (0.01 if s > 100 else 1.0) for s in range(1, n + 1)]  # decayed to 1% of its peak
     series = {"update_ratio/fc1.weight": points(curve(n, lambda s: 1e-6, 0.1)), "lr/0": points(lr)}
     assert "update-ratio-low" not in run_rules(series).ids()
+
+
+def test_update_ratio_low_fires_when_a_scheduler_drives_every_group_to_zero_mid_run():
+    n = 300
+    lr = [3e-3 if s < 150 else 0.0 for s in range(1, n + 1)]  # a step decay written gamma=0.0
+    fire = run_rules({"lr/0": points(lr), "lr/1": points([1e-3 if s < 150 else 0.0 for s in range(1, n + 1)]),
+                      "lr/2": points([0.0] * n)}).first_fire("update-ratio-low")  # group 2 is held at lr 0
+    assert fire is not None and fire.step == 170
+    assert "against a peak of 0.003" in fire.reason
+
+
+def test_update_ratio_low_near_miss_a_planned_decay_to_zero_and_one_group_still_training():
+    n = 500
+    cosine = [3e-3 * 0.5 * (1 + math.cos(math.pi * s / n)) for s in range(1, n + 1)]  # exactly 0 at the end
+    assert "update-ratio-low" not in run_rules({"lr/0": points(cosine)}).ids()
+    stopped = [3e-3 if s < 150 else 0.0 for s in range(1, n + 1)]
+    assert "update-ratio-low" not in run_rules({"lr/0": points(stopped), "lr/1": points([1e-3] * n)}).ids()
+
+
+def test_lr_jump_fires_at_the_step_the_rate_leaves_anything_it_had_used():
+    lr = [3e-3] * 149 + [0.39] * 51  # a schedule bug multiplies it by 130 at step 150
+    fire = run_rules({"lr/0": points(lr)}).first_fire("lr-jump")
+    assert fire is not None and fire.step == 150 and fire.rule.severity == "critical"
+    assert fire.evidence["layers"] == ["0"] and "more than 10x its highest value before (0.003)" in fire.reason
+
+
+def test_lr_jump_near_misses_a_warmup_from_almost_zero_and_warm_restarts():
+    warmup = [1e-3 * min(1.0, s / 100) for s in range(1, 300)]
+    restarts = [0.05 * 0.5 * (1 + math.cos(math.pi * (s % 100) / 100)) + 1e-6 for s in range(1, 400)]
+    assert "lr-jump" not in run_rules({"lr/0": points(warmup)}).ids()
+    assert "lr-jump" not in run_rules({"lr/0": points(restarts)}).ids()
 
 
 # ------------------------------------------------------------ throughput and memory

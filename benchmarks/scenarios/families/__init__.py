@@ -5,5 +5,5 @@ collects them. The rule ids each fault expects are named once here, by the cause
 """
 
 # Rules whose cause is "the learning rate is too high" (or no clipping), by the symptom they read.
-LR_HIGH = ("update-ratio-high", "loss-diverging", "gradient-explosion", "loss-nonfinite")
+LR_HIGH = ("update-ratio-high", "loss-diverging", "gradient-explosion", "loss-nonfinite", "lr-jump")
 LR_LOW = ("update-ratio-low", "loss-not-decreasing")

@@ -150,6 +150,9 @@ dead_branch_mlp.__doc__ = dead_branch_gru.__doc__ = TwoTower.__doc__
 SPIKE_TRUTH = dict(onset=SPIKES[0], primary=("gradient-explosion",), secondary=("loss-diverging", "loss-nonfinite",
                    "update-ratio-high", "loss-oscillating"), shows=checks.grad_spikes(SPIKES[0]))
 DEAD_TRUTH = dict(primary=("dead-layer",), secondary=("loss-not-decreasing",))
+# The dead-ReLU runs die of a learning-rate jump: naming the jump names the root cause (an LR too high explains
+# dead layers), the dead layers its consequence; either is a right first diagnosis.
+DEAD_BY_LR = ("lr-jump",) + DEAD_TRUTH["primary"]
 
 SCENARIOS: list[Scenario] = [
     *variants("no-clipping.spikes", "mlp", "plain", spikes_mlp, quick=True, what=spikes_mlp.__doc__, **SPIKE_TRUTH),
@@ -161,10 +164,10 @@ SCENARIOS: list[Scenario] = [
               primary=("vanishing-gradients",), secondary=("gradient-imbalance", "loss-not-decreasing"),
               shows=checks.vanishing(), what=sigmoid_cnn.__doc__),
     *variants("dead-relu", "mlp", "plain", dead_relu_mlp, onset=DEAD_AT, quick=True, what=dead_relu_mlp.__doc__,
-              shows=checks.zero_grads_from(DEAD_AT + 10), primary=DEAD_TRUTH["primary"],
+              shows=checks.zero_grads_from(DEAD_AT + 10), primary=DEAD_BY_LR,
               secondary=DEAD_TRUTH["secondary"] + LR_HIGH),
     *variants("dead-relu", "cnn", "plain", dead_relu_cnn, onset=DEAD_AT, what=dead_relu_cnn.__doc__,
-              shows=checks.zero_grads_from(DEAD_AT + 5), primary=DEAD_TRUTH["primary"],
+              shows=checks.zero_grads_from(DEAD_AT + 5), primary=DEAD_BY_LR,
               secondary=DEAD_TRUTH["secondary"] + LR_HIGH),
     *variants("dead-branch", "mlp", "plain", dead_branch_mlp, onset=1, shows=checks.zero_grads_from(1),
               what=TwoTower.__doc__, **DEAD_TRUTH),
