@@ -1,12 +1,12 @@
 """txwatch: watch PyTorch training jobs and say, early and in plain words, what is going wrong and why.
 
-``txwatch.watch`` and ``txwatch.Monitor`` come from the training-side hooks (``txwatch_hooks``). They are
-loaded on first use, so the CLI and the collector do not import torch.
+``txwatch.watch``, ``txwatch.Monitor`` and ``txwatch.preflight`` come from the training-side hooks
+(``txwatch_hooks``). They are loaded on first use, so the CLI and the collector do not import torch.
 """
 
 from typing import Any
 
-__all__ = ["Monitor", "watch"]
+__all__ = ["Monitor", "preflight", "watch"]
 
 
 def __getattr__(name: str) -> Any:

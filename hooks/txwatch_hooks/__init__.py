@@ -10,6 +10,7 @@ collector's.
 """
 
 from txwatch_hooks.monitor import Monitor, watch
+from txwatch_hooks.sanity import preflight
 from txwatch_hooks.wire import HOOKS_VERSION as __version__
 
-__all__ = ["Monitor", "__version__", "watch"]
+__all__ = ["Monitor", "__version__", "preflight", "watch"]

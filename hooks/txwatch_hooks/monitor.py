@@ -127,6 +127,11 @@ class Monitor:
         for each in optimizers:
             self._capture.attach_optimizer(each)
         self._capture.attach_scaler(scaler)
+        if options.preflight and model is not None and self.rank == 0:
+            from txwatch_hooks.sanity.armed import FirstBatch
+
+            arguments = options.preflight if isinstance(options.preflight, dict) else {}
+            FirstBatch(self, model, optimizers[0] if optimizers else None, arguments)
         self._transport.submit(Event({"kind": "start", "time": self.started}))
         self._sampler = SystemSampler(
             self._transport.submit, lambda: self._capture.step, self._guard,
@@ -297,6 +302,18 @@ class Monitor:
                 self._transport.submit(RunInfoUpdate(self._run_info))
         except Exception as exc:
             self._guard.fail("parameter roles", exc, disable=False)
+
+    def _note_preflight(self, report: Any) -> None:
+        """Store a preflight report with the run: whole in its info (``preflight``), and one
+        ``preflight/<check>`` point per check (0 pass, 1 warn, 2 fail) for the rules that diagnose it."""
+        if self.rank != 0 or self._closed:
+            return
+        try:
+            self._run_info = {**self._run_info, "preflight": report.to_dict()}
+            self._transport.submit(RunInfoUpdate(self._run_info))
+            self._transport.submit(Points(self._capture.step, time.time(), report.levels()))
+        except Exception as exc:
+            self._guard.fail("preflight report", exc, disable=False)
 
     def _submit_means(self) -> None:
         """Send the means of the step ``log()`` is averaging (``txwatch_hooks.means``), if it has any."""

@@ -53,6 +53,8 @@ class Options:
     crash_hooks: report uncaught exceptions and interpreter exit (sys.excepthook, atexit).
     sender: an object with ``send(batch: dict, timeout_s) -> bool`` used instead of HTTP or the embedded
         collector (e.g. ``txwatch_hooks.testing.MemorySender``).
+    preflight: run ``txwatch.preflight`` on the first training batch, before it trains (True, or a dict
+        of ``preflight()``'s keyword arguments: ``loss_fn``, ``steps``, ``scheduler``, ``max_steps``...).
     """
 
     grad_every: int = GRAD_EVERY
@@ -72,6 +74,7 @@ class Options:
     spool_max_bytes: int = SPOOL_MAX_BYTES
     crash_hooks: bool = True
     sender: Any = None
+    preflight: Any = False
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> Options:
@@ -107,6 +110,13 @@ class Options:
         sender = values.get("sender")
         if sender is not None and not callable(getattr(sender, "send", None)):
             raise TypeError("sender must have a send(batch: dict, timeout_s: float) -> bool method")
+        preflight = values.get("preflight")
+        if preflight is not None and not isinstance(preflight, (bool, dict)):
+            raise TypeError(f"preflight must be True, False or a dict of preflight() arguments, not {preflight!r}")
+        if isinstance(preflight, dict):
+            from txwatch_hooks.sanity.armed import check_arguments
+
+            check_arguments(preflight)
         return cls(**values)
 
     def update_memory_bytes(self, param_bytes: int) -> int:

@@ -21,7 +21,7 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_public_surface():
-    assert txwatch_hooks.__all__ == ["Monitor", "__version__", "watch"]
+    assert txwatch_hooks.__all__ == ["Monitor", "__version__", "preflight", "watch"]
     assert txwatch_hooks.__version__ == "0.1.0"
     monitor_api = {n for n in dir(txwatch_hooks.Monitor) if not n.startswith("_")}
     assert monitor_api == {"log", "flush", "close", "step", "dropped", "closed"}
@@ -34,8 +34,9 @@ def test_full_package_reexports_the_hooks():
     import txwatch_hooks.integrations.huggingface
     import txwatch_hooks.integrations.lightning
 
-    assert txwatch.__all__ == ["Monitor", "watch"]
+    assert txwatch.__all__ == ["Monitor", "preflight", "watch"]
     assert txwatch.watch is txwatch_hooks.watch and txwatch.Monitor is txwatch_hooks.Monitor
+    assert txwatch.preflight is txwatch_hooks.preflight
     assert txwatch.integrations.lightning.TxwatchCallback is txwatch_hooks.integrations.lightning.TxwatchCallback
     assert (txwatch.integrations.huggingface.TxwatchCallback
             is txwatch_hooks.integrations.huggingface.TxwatchCallback)
