@@ -18,6 +18,7 @@ from txwatch_hooks import crash, wire
 from txwatch_hooks.capture import Capture, layer_order, unwrap_optimizer
 from txwatch_hooks.distributed import rank_info, shared_run_name
 from txwatch_hooks.guard import Guard
+from txwatch_hooks.identity import check_resume, job_id, resolve_run
 from txwatch_hooks.means import StepMeans
 from txwatch_hooks.options import Options, resolve_endpoint, resolve_token
 from txwatch_hooks.records import Event, Points
@@ -35,7 +36,7 @@ DEFAULT_PROJECT = "default"
 
 def watch(model: torch.nn.Module, optimizer: Any = None, *, run: str | None = None, project: str | None = None,
           config: Mapping[str, Any] | None = None, endpoint: str | None = None, token: str | None = None,
-          scaler: Any = None, **sampling: Any) -> Monitor:
+          scaler: Any = None, resume: str | None = None, tags: Any = None, **sampling: Any) -> Monitor:
     """Start watching a training job; returns a ``Monitor`` (also a context manager).
 
     Args:
@@ -54,6 +55,11 @@ def watch(model: torch.nn.Module, optimizer: Any = None, *, run: str | None = No
             carries, else none). Gradient norms are then those of the unscaled gradients, a step the scaler
             skips is counted in ``scaler_skipped`` instead of being reported as non-finite gradients, and
             ``loss_scale`` is sent. A disabled scaler is the same as none.
+        resume: what a run name already stored means (default: TXWATCH_RESUME, else "never"): "never" records
+            this job as a new run (``name-2``, with a warning) unless the stored run is this job's own (the
+            other ranks of a torchrun job, an elastic restart); "allow" continues the stored run; "must"
+            continues it and raises ValueError when there is none. See ``txwatch_hooks.identity``.
+        tags: words to find the run by (``txwatch runs --where "tags has 'sweep'"``), added to any it has.
         **sampling: sampling and transport options, see ``txwatch_hooks.options.Options``.
 
     Raises TypeError/ValueError at once for bad arguments (unknown option, bad name, bad endpoint, a scaler
@@ -62,7 +68,7 @@ def watch(model: torch.nn.Module, optimizer: Any = None, *, run: str | None = No
     """
     options = Options.from_kwargs(sampling)
     return Monitor(model, optimizer, run=run, project=project, config=config, endpoint=endpoint, token=token,
-                   scaler=scaler, options=options)
+                   scaler=scaler, resume=resume, tags=tags, options=options)
 
 
 class Monitor:
@@ -75,8 +81,11 @@ class Monitor:
 
     def __init__(self, model: torch.nn.Module, optimizer: Any = None, *, run: str | None = None,
                  project: str | None = None, config: Mapping[str, Any] | None = None, endpoint: str | None = None,
-                 token: str | None = None, scaler: Any = None, options: Options | None = None):
+                 token: str | None = None, scaler: Any = None, resume: str | None = None, tags: Any = None,
+                 options: Options | None = None):
         options = options or Options()
+        resume = check_resume(resume)
+        tags = wire.check_tags(tags)
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         optimizers = _optimizer_list(optimizer)
@@ -87,7 +96,8 @@ class Monitor:
         ranks = rank_info()
         self.rank, self.world_size = ranks.rank, ranks.world_size
         self.project = wire.check_name("project", project or os.environ.get("TXWATCH_PROJECT") or DEFAULT_PROJECT)
-        self.run = wire.check_name("run", run or os.environ.get("TXWATCH_RUN") or shared_run_name(ranks))
+        named = run or os.environ.get("TXWATCH_RUN")
+        self.run = wire.check_name("run", named or shared_run_name(ranks))
         url = resolve_endpoint(endpoint)
         secret = resolve_token(token)
         self.options = options
@@ -99,6 +109,9 @@ class Monitor:
         self.started = time.time()
 
         sender = self._sender(options, url, secret)
+        job, shared = job_id(self.world_size)
+        self.run = resolve_run(self.project, self.run, resume, job, sender.lookup(), shared=shared,
+                               generated=not named, rank=self.rank)
         spool = Spool(options.spool_root() / self.project / self.run / f"rank{self.rank}", options.spool_max_bytes,
                       owner=sender.describe())  # where its batches go: only a process sending there adopts them
         run_info = {
@@ -110,7 +123,10 @@ class Monitor:
             "hooks_version": wire.HOOKS_VERSION,
             "torch_version": torch.__version__,
             "device": _device_of(model),
+            "job": job,  # which job wrote the run: watch(resume=) tells this job's ranks from another job
         }
+        if tags:
+            run_info["tags"] = tags
         if model is not None and self.rank == 0 and options.layers:  # the rank that sends per-layer series
             run_info["layers"] = layer_order(model)
         if model is not None and self.rank == 0:

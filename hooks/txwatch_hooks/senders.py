@@ -53,6 +53,36 @@ class HttpSender:
     def describe(self) -> str:
         return self.url
 
+    def lookup(self) -> Any:
+        """``identity.Lookup``: the daemon's ``GET /api/v1/runs/{project}/{run}``, one request per name."""
+        return self._stored_run
+
+    def _stored_run(self, project: str, name: str) -> dict[str, Any] | None:
+        from txwatch_hooks.identity import LOOKUP_TIMEOUT_S, Unknown
+
+        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        conn = cls(self._host, self._port, timeout=LOOKUP_TIMEOUT_S)
+        base = self._path[: -len("/ingest")] if self._path.endswith("/ingest") else "/api/v1"
+        path = f"{base}/runs/{urllib.parse.quote(project, safe='')}/{urllib.parse.quote(name, safe='')}"
+        headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
+        try:
+            conn.request("GET", path, headers=headers)
+            response = conn.getresponse()
+            body = response.read()
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise Unknown(f"the collector at {self.url} is not reachable: {type(exc).__name__}: {exc}") from None
+        finally:
+            conn.close()
+        if response.status == 404:
+            return None
+        if response.status != 200:
+            raise Unknown(f"HTTP {response.status} from {self.url}: {_detail(body, response.reason)}")
+        try:
+            run = json.loads(body)
+            return {"status": run.get("status"), "job": (run.get("info") or {}).get("job")}
+        except (ValueError, AttributeError):
+            raise Unknown(f"{self.url} answered something other than a txwatch run") from None
+
     def _connection(self, timeout_s: float) -> tuple[http.client.HTTPConnection, bool]:
         if self._conn is not None:
             self._conn.timeout = timeout_s
@@ -148,6 +178,10 @@ class EmbeddedSender:
     def describe(self) -> str:
         return "the embedded collector (local database)"
 
+    def lookup(self) -> Any:
+        """``identity.Lookup``: the local database, read directly (the collector opens later, on the worker)."""
+        return _local_stored_run
+
     def _open(self) -> Any:
         if self._collector is None and not self._open_failed:
             try:
@@ -194,6 +228,11 @@ class ObjectSender:
     def describe(self) -> str:
         return type(self._target).__name__
 
+    def lookup(self) -> Any:
+        """The target's ``stored_run(project, name)`` if it has one (``MemorySender``, an embedded handle)."""
+        found = getattr(self._target, "stored_run", None)
+        return found if callable(found) else None
+
     def send(self, data: bytes, timeout_s: float) -> SendResult:
         return SendResult.OK if self._target.send(json.loads(data), timeout_s) else SendResult.RETRY
 
@@ -211,11 +250,20 @@ class NullSender:
     def describe(self) -> str:
         return "nowhere (no endpoint, no embedded collector)"
 
+    def lookup(self) -> Any:
+        return None
+
     def send(self, data: bytes, timeout_s: float) -> SendResult:
         return SendResult.RETRY
 
     def close(self) -> None:
         pass
+
+
+def _local_stored_run(project: str, name: str) -> dict[str, Any] | None:
+    from txwatch.collector.embedded import stored_run  # imported here: on the lookup's thread, not the caller's
+
+    return stored_run(project, name)
 
 
 def _seconds(value: str | None) -> float | None:

@@ -42,6 +42,23 @@ class _Batches:
             return [(p[0], p[2]) for b in self.batches if rank is None or b.get("rank", 0) == rank
                     for p in b.get("series", {}).get(name, [])]
 
+    def stored_run(self, project: str, name: str) -> dict[str, Any] | None:
+        """The run as the collector would describe it to ``watch(resume=...)``: None if no batch named it."""
+        with self.lock:
+            mine = [b for b in self.batches if b.get("project", "default") == project and b["run"] == name]
+        if not mine:
+            return None
+        info: dict[str, Any] = {}
+        status = "running"
+        for b in mine:
+            info.update(b.get("run_info") or {})
+            for e in b.get("events", []):
+                if e["kind"] == "end":
+                    status = "finished" if e.get("status", "finished") == "finished" else "crashed"
+                elif e["kind"] == "start":
+                    status = "running"
+        return {"status": status, "job": info.get("job")}
+
     def names(self) -> set[str]:
         with self.lock:
             return {n for b in self.batches for n in b.get("series", {})}
@@ -123,6 +140,18 @@ class CollectorStandIn(_Batches):
                 batch = json.loads(body)
                 duplicate = not owner.accept(batch)
                 self._reply(200, {"accepted": True, "duplicate": duplicate})
+
+            def do_GET(self) -> None:  # GET /api/v1/runs/{project}/{run}, as watch(resume=...) reads it
+                if owner.token is not None and self.headers.get("Authorization") != f"Bearer {owner.token}":
+                    return self._reply(401, {"detail": "missing or wrong bearer token"})
+                parts = self.path.split("/")
+                if len(parts) != 6 or parts[:4] != ["", "api", "v1", "runs"]:
+                    return self._reply(404, {"detail": f"no route {self.path}"})
+                stored = owner.stored_run(parts[4], parts[5])
+                if stored is None:
+                    return self._reply(404, {"error": f"no run {parts[4]}/{parts[5]!r}"})
+                self._reply(200, {"name": parts[5], "project": parts[4], "status": stored["status"],
+                                  "info": {"job": stored["job"]}})
 
             def _reply(self, code: int, payload: dict[str, Any]) -> None:
                 data = json.dumps(payload).encode()

@@ -67,6 +67,25 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
+TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=/\-]{0,99}$")  # as the collector's schema.TAG_PATTERN
+MAX_TAGS = 100
+
+
+def check_tags(tags: Any) -> list[str]:
+    """``watch(tags=...)`` as a sorted list without repeats; raises TypeError/ValueError saying how to fix it."""
+    if tags is None:
+        return []
+    if isinstance(tags, str) or not isinstance(tags, (list, tuple, set, frozenset)):
+        raise TypeError(f"tags must be a list of words, e.g. tags=['sweep', 'baseline'], not {tags!r}")
+    for tag in tags:
+        if not isinstance(tag, str) or not TAG_PATTERN.match(tag):
+            raise ValueError(f"tag {tag!r} is not allowed: use 1 to 100 characters of letters, digits and "
+                             "._:@+=/- starting with a letter or digit")
+    if len(set(tags)) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} tags per run, not {len(set(tags))}")
+    return sorted(set(tags))
+
+
 def is_metric_name(name: str) -> bool:
     return bool(METRIC_PATTERN.match(name))
 

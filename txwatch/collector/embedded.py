@@ -121,6 +121,11 @@ class _SharedHandle:
     def send(self, batch: dict, timeout_s: float = DEFAULT_SEND_TIMEOUT_S) -> bool:
         return self._collector.send(batch, timeout_s)
 
+    def stored_run(self, project: str, name: str) -> dict[str, Any] | None:
+        """The stored run ``project/name`` as ``{"status", "job"}``, None when there is none (``watch(resume=)``)."""
+        with self.services.session_factory() as session:
+            return _stored_run(session.connection(), project, name)
+
     def flush(self, timeout_s: float = DEFAULT_SEND_TIMEOUT_S) -> bool:
         return self._collector.flush(timeout_s)
 
@@ -162,6 +167,49 @@ def open_embedded(db_url: str | None = None, *, console: Any = True, jobs: bool 
             entry = _SHARED[key] = [_open_collector(db_url, console=console, jobs=jobs), 0]
         entry[1] += 1
         return _SharedHandle(key, entry[0])
+
+
+def stored_run(project: str, name: str, db_url: str | None = None) -> dict[str, Any] | None:
+    """The run ``project/name`` in the local database (``db_url``, default ``TXWATCH_DB_URL`` or the local
+    SQLite file) as ``{"status", "job"}``, None when there is none; read before the collector opens, for
+    ``watch(resume=...)``. A database not created yet holds no run."""
+    import os
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from txwatch.store.db import make_engine, normalize_url
+
+    url = normalize_url(db_url or os.environ.get("TXWATCH_DB_URL"))
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and (not u.database or u.database == ":memory:"
+                                              or not os.path.exists(u.database)):
+        return None
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            try:
+                return _stored_run(conn, project, name)
+            except (OperationalError, ProgrammingError) as exc:
+                if "runs" in str(exc) or "projects" in str(exc):  # no schema yet: nothing stored
+                    return None
+                raise
+    finally:
+        engine.dispose()
+
+
+def _stored_run(conn: Any, project: str, name: str) -> dict[str, Any] | None:
+    from sqlalchemy import select
+
+    from txwatch.store.models import Project, Run
+
+    row = conn.execute(
+        select(Run.status, Run.info).join(Project, Run.project_id == Project.id)
+        .where(Project.name == project, Run.name == name)
+    ).first()
+    if row is None:
+        return None
+    return {"status": row.status, "job": (row.info or {}).get("job")}
 
 
 def _open_collector(db_url: str | None, *, console: Any, jobs: bool) -> EmbeddedCollector:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from txwatch_hooks import wire
+from txwatch_hooks.identity import check_resume
 from txwatch_hooks.means import count_name
 from txwatch_hooks.options import Options
 from txwatch_hooks.scaler import check_scaler
@@ -57,7 +58,10 @@ def training_metrics(items: Iterable[tuple[Any, Any]], skip: Iterable[str] = ())
 
 def check_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Validate ``watch()`` keywords now (a typo fails when the callback is made, not mid-fit)."""
-    own = {"run", "project", "config", "endpoint", "token", "scaler"}
+    own = {"run", "project", "config", "endpoint", "token", "scaler", "resume", "tags"}
     Options.from_kwargs({k: v for k, v in kwargs.items() if k not in own})
     check_scaler(kwargs.get("scaler"))
+    if kwargs.get("resume") is not None:
+        check_resume(kwargs["resume"])
+    wire.check_tags(kwargs.get("tags"))
     return dict(kwargs)

@@ -43,6 +43,8 @@ class TxwatchCallback(TrainerCallback):
         options = dict(self.watch_kwargs)
         if options.get("config") is None:
             options["config"] = _args_config(args)
+        if self.monitor is not None:  # a later training with this callback continues its run
+            options.update(run=self.monitor.run, resume="allow")
         self.monitor = watch(model, optimizer, **options)
         self.monitor._set_step(state.global_step)
         if model is not None:  # not a hook on the model: it must stay picklable (txwatch_hooks.forwards)

@@ -47,6 +47,8 @@ class TxwatchCallback(Callback):
         kwargs = dict(self.watch_kwargs)
         if kwargs.get("config") is None:
             kwargs["config"] = _hparams(pl_module)
+        if self.monitor is not None:  # a later training with this callback continues its run
+            kwargs.update(run=self.monitor.run, resume="allow")
         if kwargs.get("scaler") is None:  # '16-mixed' keeps its GradScaler on the precision plugin
             kwargs["scaler"] = scaler_in(getattr(trainer, "precision_plugin", None))
         optimizers = list(getattr(trainer, "optimizers", None) or [])
