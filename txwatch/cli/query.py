@@ -169,6 +169,11 @@ def show(
         for k, v in sorted(detail["config"].items()):
             t.add_row(cell(k), cell(json.dumps(v, allow_nan=True) if not isinstance(v, str) else v))
         console.print(t)
+    preflight = (detail.get("info") or {}).get("preflight")
+    if isinstance(preflight, dict):
+        from txwatch.cli.preflight import render
+
+        console.print(render(preflight))
     values = detail.get("summary", {}).get("last_values", {})
     if values:
         t = Table("metric", "latest", title_justify="left")

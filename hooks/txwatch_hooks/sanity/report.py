@@ -1,7 +1,7 @@
 """The preflight report: one verdict per check, with its figures and the fix in the guide's words.
 
 Plain data (``to_dict()`` is what the run stores, in its info under ``preflight``); ``str(report)`` is a text
-table, and rich, when installed, renders it as a rich table (``rich.print(report)``).
+table, and rich, when installed, renders it as a rich table (``rich.print(report)``, rendered by ``txwatch.cli.preflight`` like ``txwatch show``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from typing import Any
 
 PASS, WARN, FAIL, SKIPPED = "pass", "warn", "fail", "skipped"
 LEVEL = {PASS: 0, SKIPPED: 0, WARN: 1, FAIL: 2}  # the value of the preflight/<check> series the rules read
-STYLE = {PASS: "green", WARN: "yellow", FAIL: "bold red", SKIPPED: "dim"}
 MAX_TABLE_ROWS = 200  # the shapes table of a large model: the first 200 modules (it is stored with the run)
 
 
@@ -72,7 +71,15 @@ class Report:
         return render_text(self.to_dict())
 
     def __rich__(self) -> Any:
-        return render_rich(self.to_dict())
+        """Rich tables (the checks, then the shapes) with the full txwatch package, which renders stored
+        reports for ``txwatch show`` too; the text otherwise."""
+        try:
+            from txwatch.cli.preflight import render
+        except ImportError:  # the hooks alone (a training image)
+            from rich.text import Text
+
+            return Text(str(self))
+        return render(self.to_dict())
 
 
 def _plain(value: Any) -> Any:
@@ -87,6 +94,7 @@ def _plain(value: Any) -> Any:
 
 
 def figure_text(figures: dict[str, Any]) -> str:
+    """``figures`` as one line: ``name value, ...`` (floats to 4 significant digits)."""
     parts = []
     for k, v in figures.items():
         if isinstance(v, float):
@@ -108,28 +116,3 @@ def render_text(report: dict[str, Any]) -> str:
         for step in c.get("fix", []):
             lines.append(f"            fix: {step}")
     return "\n".join(lines)
-
-
-def render_rich(report: dict[str, Any]) -> Any:
-    """The stored report as rich renderables: the checks table, then the shapes table (the CLI shows both)."""
-    from rich.console import Group
-    from rich.markup import escape
-    from rich.table import Table
-
-    title = f"preflight ({report.get('seconds', 0):.1f} s on {escape(str(report.get('device', '?')))})"
-    t = Table("check", "verdict", "figures", "what it means / fix", title=title, title_justify="left")
-    for c in report.get("checks", []):
-        advice = [escape(c["summary"])]
-        advice += [f"[yellow]likely:[/] {escape(x)}" for x in c.get("causes", [])]
-        advice += [f"[cyan]fix:[/] {escape(x)}" for x in c.get("fix", [])]
-        t.add_row(escape(c["name"]), f"[{STYLE.get(c['verdict'], '')}]{c['verdict']}[/]",
-                  escape(figure_text(c.get("figures", {}))), "\n".join(advice))
-    parts: list[Any] = [t]
-    for c in report.get("checks", []):
-        if c.get("table"):
-            columns = list(c["table"][0])
-            shapes = Table(*columns, title=f"{c['name']}: per module", title_justify="left")
-            for row in c["table"]:
-                shapes.add_row(*(escape(str(row.get(k, ""))) for k in columns))
-            parts.append(shapes)
-    return Group(*parts)
