@@ -93,7 +93,7 @@ def _load_templates() -> dict[str, jinja2.Template]:
 BUNDLES = {
     "bundle.css": ["vendor/uPlot.min.css", "txwatch.css"],
     "runs-page.js": ["common.js", "runs.js"],
-    "run-page.js": ["common.js", "vendor/uPlot.iife.min.js", "charts.js", "heatmap.js", "run.js"],
+    "run-page.js": ["common.js", "vendor/uPlot.iife.min.js", "charts.js", "heatmap.js", "preflight.js", "run.js"],
     "diagnoses-page.js": ["common.js", "diagnoses.js"],
 }
 

@@ -385,6 +385,7 @@
       const [r, idx, ds] = await Promise.all([api(base), api(`${base}/series`), api(`/api/v1/diagnoses?${dq}`)]);
       renderHeader(r);
       renderConfig(r);
+      T.renderPreflight(r);
       state.seriesNames = seriesIndex(idx).map((s) => s.name).sort();
       state.diagnoses = list(ds, "diagnoses").map(diag).sort((a, b) => (a.step ?? 0) - (b.step ?? 0));
       renderDiagnoses();
