@@ -45,6 +45,9 @@ class TxwatchCallback(TrainerCallback):
             options["config"] = _args_config(args)
         if self.monitor is not None:  # a later training with this callback continues its run
             options.update(run=self.monitor.run, resume="allow")
+        if options.get("preflight"):  # on the first batch's forward (labels in, .loss out): add the schedule
+            extra = {"scheduler": kwargs.get("lr_scheduler"), "max_steps": state.max_steps or None}
+            options["preflight"] = {**extra, **(options["preflight"] if isinstance(options["preflight"], dict) else {})}
         self.monitor = watch(model, optimizer, **options)
         self.monitor._set_step(state.global_step)
         if model is not None:  # not a hook on the model: it must stay picklable (txwatch_hooks.forwards)

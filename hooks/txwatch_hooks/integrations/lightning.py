@@ -11,6 +11,7 @@ Works with ``lightning.pytorch`` and, when that is not installed, with ``pytorch
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 try:
@@ -34,6 +35,9 @@ class TxwatchCallback(Callback):
     def __init__(self, **watch_kwargs: Any):
         super().__init__()
         self.watch_kwargs = check_kwargs(watch_kwargs)
+        # run by this callback on the first batch (training_step gives the loss), not by watch()'s forward hook
+        self._preflight_option = self.watch_kwargs.pop("preflight", False)
+        self._preflight: dict[str, Any] | None = None
         self.monitor: Monitor | None = None
         self._pending: dict[str, list[torch.Tensor]] = {}  # the step's loss and logged metrics, per micro-batch
         self._loss_step = -1
@@ -53,6 +57,8 @@ class TxwatchCallback(Callback):
             kwargs["scaler"] = scaler_in(getattr(trainer, "precision_plugin", None))
         optimizers = list(getattr(trainer, "optimizers", None) or [])
         self.monitor = watch(pl_module, optimizers or None, **kwargs)  # every optimizer: a GAN's two
+        if self._preflight_option:
+            self._preflight = self._preflight_option if isinstance(self._preflight_option, dict) else {}
         self.monitor._set_step(trainer.global_step)
         self._pending, self._loss_step = {}, trainer.global_step
 
@@ -76,7 +82,28 @@ class TxwatchCallback(Callback):
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self.monitor is not None:
+            if self._preflight is not None:
+                self._run_preflight(trainer, pl_module, batch)
             self.monitor._note_batch_start()
+
+    def _run_preflight(self, trainer: Any, pl_module: Any, batch: Any) -> None:
+        """``preflight=True``: the checks on the first batch, before it trains, with ``training_step``'s loss."""
+        arguments, self._preflight = self._preflight, None
+        monitor = self.monitor
+        try:
+            from txwatch_hooks.sanity import preflight
+
+            optimizers = list(getattr(trainer, "optimizers", None) or [])
+            schedulers = [c.scheduler for c in getattr(trainer, "lr_scheduler_configs", None) or []]
+            planned = getattr(trainer, "estimated_stepping_batches", None)
+            defaults = {"loss_fn": _training_step_loss, "scheduler": schedulers[0] if schedulers else None,
+                        "max_steps": int(planned) if isinstance(planned, (int, float)) and planned < 2**62 else None}
+            if optimizers:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # self.log() in a copy outside the trainer's loop
+                    preflight(pl_module, optimizers[0], batch, run=monitor, **{**defaults, **arguments})
+        except Exception as exc:
+            monitor._guard.fail("preflight", exc, disable=False)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         monitor = self.monitor
@@ -165,6 +192,12 @@ def _step_metrics(trainer: Any) -> dict[str, torch.Tensor]:
             if kept is None or len(key) > len(kept[0]):
                 chosen[value.data_ptr()] = (key, value)
     return dict(chosen.values())
+
+
+def _training_step_loss(module: Any, batch: Any) -> Any:
+    """The loss ``training_step`` returns (a tensor, or a dict's ``loss``), for preflight."""
+    out = module.training_step(batch, 0)
+    return out.get("loss") if isinstance(out, dict) else out
 
 
 def _hparams(pl_module: Any) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The preflight report: one verdict per check, with its figures and the fix in the guide's words.
 
 Plain data (``to_dict()`` is what the run stores, in its info under ``preflight``); ``str(report)`` is a text
-table, and rich, when installed, renders it as a rich table (``rich.print(report)``, rendered by ``txwatch.cli.preflight`` like ``txwatch show``).
+table, and ``rich.print(report)`` prints rich tables (with the full package: ``txwatch.cli.preflight``, which
+``txwatch show`` uses too).
 """
 
 from __future__ import annotations
