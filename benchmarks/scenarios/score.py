@@ -3,8 +3,9 @@
 Per scenario (warning and critical diagnoses only; ``info`` is never an alarm):
 - a diagnosis episode is *right* when its rule is expected (primary or secondary) and it began at or after
   ``onset - 1``; every other episode is a false alarm (one per rule id and run);
-- *detected*: a right episode exists; *primary right*: the run's first episode (earliest step, critical before
-  warning at the same step) is a primary rule's and right;
+- *detected*: a right episode exists; *primary right*: the root cause of the run's first incident
+  (``txwatch.rules.incidents``: episodes overlapping in time, the primary chosen by the causal order) is a
+  primary rule's episode and right;
 - *delay*: steps from the onset to the first right episode (none for ``run-stalled``, which the scheduler
   evaluates on the clock: its step is the last one heard, before the run went silent);
 - *NaN*: the first step whose loss is not finite, and whether any episode began before it;
@@ -21,6 +22,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from txwatch.rules.incidents import Episode, group
 from txwatch.settings import Settings
 
 from benchmarks.scenarios.diagnose import Found
@@ -42,7 +44,7 @@ class Row:
     onset: int
     verdict: str  # healthy runs: ok | false-alarm; faults: right | detected | missed; broken
     fired: dict[str, int] = field(default_factory=dict)  # loud rule -> its first step
-    first: str = ""  # "rule@step" of the run's first warning or critical episode
+    first: str = ""  # "rule@step": the primary cause of the run's first incident
     false_alarms: list[str] = field(default_factory=list)
     delay: int | None = None
     slack: int = 0
@@ -94,6 +96,7 @@ def score(scenario: Scenario, found: list[Found], batches: list[dict[str, Any]],
           error: str | None = None) -> Row:
     loud = [f for f in found if f.loud]
     loud.sort(key=lambda f: (f.first_step, SEVERITY_ORDER.get(f.severity, 9)))
+    incidents = group([Episode(f.rule, f.severity, f.first_step, f.resolved_step) for f in loud])
     earliest = scenario.onset - 1 if not scenario.healthy else math.inf
 
     def right(f: Found) -> bool:
@@ -106,8 +109,9 @@ def score(scenario: Scenario, found: list[Found], batches: list[dict[str, Any]],
     hits = [f for f in loud if right(f)]
     nan_step = _first_nan(batches)
     steps = max(_step_times(batches), default=0)
+    lead = incidents[0].primary if incidents else None  # the first incident's root cause
     row = Row(scenario.name, scenario.fault, scenario.arch, scenario.trainer, scenario.seed, scenario.onset,
-              verdict="", fired=fired, first=f"{loud[0].rule}@{loud[0].first_step}" if loud else "",
+              verdict="", fired=fired, first=f"{lead.rule}@{lead.first_step}" if lead else "",
               false_alarms=wrong, slack=slack_messages(loud, batches), nan_step=nan_step, steps=steps,
               wall_s=round(wall_s, 1), error=error)
     if nan_step is not None:
@@ -122,7 +126,8 @@ def score(scenario: Scenario, found: list[Found], batches: list[dict[str, Any]],
     elif not hits:
         row.verdict = "missed"
     else:
-        row.verdict = "right" if loud[0].rule in scenario.primary and right(loud[0]) else "detected"
+        lead_found = next(f for f in loud if (f.rule, f.first_step) == (lead.rule, lead.first_step))
+        row.verdict = "right" if lead.rule in scenario.primary and right(lead_found) else "detected"
     return row
 
 

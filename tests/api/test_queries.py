@@ -144,6 +144,19 @@ def test_nan_loss_is_diagnosed_and_listed(client):
     assert get(client, "/api/v1/runs/p/r")["firing"][d["severity"]] == 1
 
 
+@pytest.mark.slow
+def test_a_run_s_incidents_lead_with_the_root_cause(client):
+    lr = [[s, T0 + s, 3e-3 if s < 150 else 0.39] for s in range(1, 200)]  # a schedule bug: 130x at step 150
+    loss = [[s, T0 + s, 1.0 if s < 157 else math.inf] for s in range(1, 200)]
+    post(client, batch(run="jumped", series={"lr/0": lr, "loss": loss}))
+    (incident,) = get(client, "/api/v1/runs/p/jumped/incidents")["incidents"]
+    assert incident["primary"]["rule"] == "lr-jump" and incident["primary"]["first_step"] == 150
+    assert incident["fix"][0].startswith("Check the scheduler")
+    assert [c["rule"] for c in incident["consequences"]] == ["loss-nonfinite"]
+    assert incident["state"] == "open" and incident["severity"] == "critical"
+    assert client.get("/api/v1/runs/p/nope/incidents").status_code == 404
+
+
 def test_diagnosis_filters_refuse_what_no_run_or_rule_is_called(client):
     r = client.get("/api/v1/diagnoses", params={"run": "p/r/extra"})
     assert r.status_code == 422

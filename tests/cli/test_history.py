@@ -109,7 +109,8 @@ def test_piped_tables_print_full_run_names(history, via):
 def test_rules_replay_reads_a_daemon_like_the_database(history):
     from_db = txwatch("rules", "replay", "bert-ft", "--json", *history["db"])
     assert from_db.returncode == 0, from_db.stderr
-    assert any(e["rule"] == "loss-nonfinite" and e["state"] == "firing" for e in json.loads(from_db.stdout))
+    assert any(e["rule"] == "loss-nonfinite" and e["state"] == "firing"
+               for e in json.loads(from_db.stdout)["transitions"])
     from_daemon = txwatch("rules", "replay", "bert-ft", "--json", env={"TXWATCH_ENDPOINT": history["url"]})
     assert from_daemon.returncode == 0, from_daemon.stderr
     assert json.loads(from_daemon.stdout) == json.loads(from_db.stdout)

@@ -58,13 +58,18 @@ def test_rules_replay_prints_what_would_have_fired(capsys, store_engine, session
     url = str(store_engine.url.render_as_string(hide_password=False))
 
     assert main(["rules", "replay", "exploded", "--db", url, "--json"]) == 0
-    found = json.loads(capsys.readouterr().out)
+    replayed = json.loads(capsys.readouterr().out)
+    found = replayed["transitions"]
     assert [(e["step"], e["rule"], e["state"]) for e in found] == [(45, "loss-nonfinite", "firing")]
     assert found[0]["reason"] == "the loss is NaN at step 45"
+    (incident,) = replayed["incidents"]  # one incident: a NaN with nothing before it points at the data
+    assert incident["primary"]["rule"] == "loss-nonfinite" and incident["state"] == "open"
+    assert "look at the inputs and the loss first" in incident["note"]
 
     assert main(["rules", "replay", "p/exploded", "--db", url]) == 0
     out = capsys.readouterr().out
     assert "loss-nonfinite" in out and "firing" in out and "not replayed" in out and "run-stalled" in out
+    assert "incident 1 (steps 45-, open): loss-nonfinite at step 45" in out
 
     assert main(["rules", "replay", "missing", "--db", url]) == 1
     assert "no run named 'missing'" in capsys.readouterr().err

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from txwatch.collector.schema import MAX_TAGS, Tag
 
 
 class ErrorDetail(BaseModel):
@@ -49,10 +51,20 @@ class RunItem(BaseModel):
     error: RunError | None
     last_loss: float | None = Field(description="NaN when the latest loss was NaN")
     firing: Firing
+    tags: list[str] = Field(default_factory=list, description="sorted")
 
 
 class RunList(BaseModel):
     runs: list[RunItem]
+
+
+class TagChange(BaseModel):
+    add: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
+    remove: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
+
+
+class Tags(BaseModel):
+    tags: list[str]
 
 
 class FiringDiagnosis(BaseModel):
@@ -138,6 +150,32 @@ class DiagnosisItem(BaseModel):
 
 class DiagnosisList(BaseModel):
     diagnoses: list[DiagnosisItem]
+
+
+class IncidentEpisode(BaseModel):
+    rule: str
+    severity: str
+    first_step: int
+    resolved_step: int | None
+    layer: str | None
+    reason: str
+    id: int | None = Field(description="the diagnosis (GET /api/v1/diagnoses lists it)")
+
+
+class IncidentItem(BaseModel):
+    number: int = Field(description="1 for the run's first incident")
+    first_step: int
+    resolved_step: int | None
+    state: Literal["open", "resolved"]
+    severity: str
+    primary: IncidentEpisode | None = Field(description="the root cause, by the causal order (docs/rules.md)")
+    fix: list[str] = Field(description="the root cause's fix, in order")
+    note: str = Field(description="what the causal order concluded, in words")
+    consequences: list[IncidentEpisode]
+
+
+class IncidentList(BaseModel):
+    incidents: list[IncidentItem]
 
 
 class Health(BaseModel):

@@ -1,4 +1,4 @@
-"""Query routes: runs, one run, its series and points, the layer heatmap, diagnoses."""
+"""Query routes: runs, one run, its series and points, the layer heatmap, incidents, diagnoses."""
 
 from __future__ import annotations
 
@@ -14,11 +14,21 @@ from sqlalchemy.orm import Session
 
 from txwatch.api.deps import get_services, require_token
 from txwatch.api.errors import RETRY_AFTER_S, NaNJSONResponse, error_response
-from txwatch.api.models import ERRORS, DiagnosisList, Layers, RunDetail, RunList, SeriesList, SeriesPoints
+from txwatch.api.models import (
+    ERRORS,
+    DiagnosisList,
+    IncidentList,
+    Layers,
+    RunDetail,
+    RunList,
+    SeriesList,
+    SeriesPoints,
+)
+from txwatch.api.models import TagChange, Tags
 from txwatch.collector.schema import METRIC_PATTERN, NAME_PATTERN
 from txwatch.rules.model import RULE_ID_PATTERN
 from txwatch.services import Services
-from txwatch.store import downsample, queries
+from txwatch.store import downsample, queries, search, tags
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)], responses=ERRORS)
 
@@ -47,8 +57,29 @@ async def list_runs(
     until: Annotated[datetime | None, Query(description="started at or before")] = None,
     name: Annotated[str | None, Query(pattern=NAME_PATTERN, description="exact run name")] = None,
     limit: Annotated[int, Query(ge=1, le=queries.MAX_RUN_LIMIT)] = queries.DEFAULT_RUN_LIMIT,
+    where: Annotated[str | None, Query(max_length=search.MAX_FILTER_CHARS, description=(
+        "a filter, e.g. config.lr > 1e-3 and tags has 'sweep' and status == 'crashed' (docs/api.md)"))] = None,
 ):
-    return await _read(services, lambda s: {"runs": queries.list_runs(s, project, status, since, until, name, limit)})
+    if where is not None:
+        try:
+            search.parse(where)
+        except search.FilterError as exc:
+            return error_response(400, f"where: {exc}")
+    return await _read(services, lambda s: {
+        "runs": queries.list_runs(s, project, status, since, until, name, limit, where=where)})
+
+
+@router.post("/runs/{project}/{run}/tags", response_model=Tags, summary="Add and remove the run's tags")
+async def change_tags(project: ProjectName, run: RunName, body: TagChange,
+                      services: Services = Depends(get_services)):
+    def work(s):
+        r, _ = _run(s, project, run)
+        try:
+            return {"tags": tags.change(s, r.id, body.add, body.remove)}
+        except tags.BadTag as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    return await _read(services, work)
 
 
 @router.get("/runs/{project}/{run}", response_model=RunDetail, summary="One run: config and summary")
@@ -108,6 +139,15 @@ async def layers(
         return downsample.layer_heatmap(s, r.id, metric, max_steps, order=(r.info or {}).get("layers"))
 
     return await _read(services, work)
+
+
+@router.get(
+    "/runs/{project}/{run}/incidents",
+    response_model=IncidentList,
+    summary="The run's incidents: overlapping diagnoses, the root cause first",
+)
+async def incidents(project: ProjectName, run: RunName, services: Services = Depends(get_services)):
+    return await _read(services, lambda s: {"incidents": queries.run_incidents(s, _run(s, project, run)[0])})
 
 
 @router.get("/diagnoses", response_model=DiagnosisList, summary="Diagnoses, newest first")

@@ -140,12 +140,20 @@ def replay_run(
         found = _replay_endpoint(endpoint, token, run, loaded, not quiet_pending)
     else:
         found = _replay_db(db, run, loaded, not quiet_pending)
+    from txwatch.rules.incidents import group
+    from txwatch.rules.replay import episodes
+
     skipped = sorted(r.id for r in loaded if r.time_based)
+    incidents = group(episodes(found, loaded))
     if as_json:
-        out = [
-            {"step": e.step, "rule": e.rule, "layer": e.layer, "state": e.state, "reason": e.reason, "evidence": e.evidence}
-            for e in found
-        ]
+        out = {
+            "transitions": [
+                {"step": e.step, "rule": e.rule, "layer": e.layer, "state": e.state, "reason": e.reason,
+                 "evidence": e.evidence}
+                for e in found
+            ],
+            "incidents": [i.as_dict() for i in incidents],
+        }
         sys.stdout.write(json.dumps(out, indent=2, allow_nan=True) + "\n")
         return
     from rich.table import Table
@@ -162,5 +170,23 @@ def replay_run(
             state = f"[{STATE_STYLE.get(e.state, '')}]{e.state}[/]"
             table.add_row(str(e.step), cell(e.rule), cell(e.layer or ""), state, cell(e.reason))
         console.print(table)
+    for incident in incidents:
+        console.print(incident_text(incident))
     if skipped:
         console.print(f"[dim]not replayed (they depend on the wall clock): {', '.join(skipped)}[/]")
+
+
+def incident_text(incident) -> str:
+    """An incident as a person reads it: the root cause and its first fix, then what it explains."""
+    lead = incident.primary
+    span = f"steps {incident.first_step}-" + ("" if incident.open else str(int(incident.end)))
+    lines = [f"[bold]incident {incident.number}[/] ({span}, {'open' if incident.open else 'resolved'}): "
+             f"[bold]{cell(lead.rule)}[/] at step {lead.first_step}: {cell(lead.reason)}"]
+    if lead.fix:
+        lines.append(f"  first fix: {cell(lead.fix[0])}")
+    if incident.note:
+        lines.append(f"  {cell(incident.note)}")
+    rest = incident.consequences
+    if rest:
+        lines.append("  consequences: " + ", ".join(f"{cell(e.rule)}@{e.first_step}" for e in rest))
+    return "\n".join(lines)

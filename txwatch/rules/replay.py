@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from txwatch.rules.core import Core, Transition
+from txwatch.rules.incidents import Episode
 from txwatch.rules.model import Rule
 from txwatch.store.codec import decode
 from txwatch.store.models import Point, Project, Run, Series
@@ -141,3 +142,25 @@ def _collect(transitions: list[Transition], out: list[Replayed], include_pending
         if state is None or (not include_pending and state in ("pending", "cancelled")):
             continue
         out.append(Replayed(tr.step, tr.rule.id, state, tr.reason, tr.layer, tr.evidence))
+
+
+def episodes(found: list[Replayed], rules: list[Rule]) -> list[Episode]:
+    """The episodes a replay went through (firing, then resolved or still open), for ``incidents.group``."""
+    by_id = {r.id: r for r in rules}
+    open_: dict[tuple[str, str | None], Replayed] = {}
+    out: list[Episode] = []
+
+    def close(start: Replayed, resolved: int | None) -> None:
+        rule = by_id.get(start.rule)
+        out.append(Episode(start.rule, rule.severity if rule else "warning", start.step, resolved, start.layer or "",
+                           start.reason, tuple(rule.fix) if rule else ()))
+
+    for e in found:
+        key = (e.rule, e.layer)
+        if e.state == "firing":
+            open_.setdefault(key, e)
+        elif e.state == "resolved" and key in open_:
+            close(open_.pop(key), e.step)
+    for start in open_.values():
+        close(start, None)
+    return sorted(out, key=lambda ep: ep.first_step)

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
+from txwatch.store import search
 from txwatch.store.codec import NAN, decode
 from txwatch.store.models import Diagnosis, Notification, Project, Run, RUN_LAYER_NONE, Series
 
@@ -61,8 +62,14 @@ def list_runs(
     until: datetime | None = None,
     name: str | None = None,
     limit: int = DEFAULT_RUN_LIMIT,
+    where: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Runs, newest first, with their last loss and firing diagnoses by severity."""
+    """Runs, newest first, with their tags, last loss and firing diagnoses by severity.
+
+    ``where`` is a filter (``txwatch.store.search``; raises ``FilterError``): its plain-column tests narrow
+    the rows in SQL, and the whole filter is evaluated over each run (config and info included) read in pages,
+    until ``limit`` runs match."""
+    tree = search.parse(where) if where else None
     q = select(Run, Project.name).join(Project, Run.project_id == Project.id)
     if project:
         q = q.where(Project.name == project)
@@ -74,8 +81,31 @@ def list_runs(
         q = q.where(Run.started <= until)
     if name:
         q = q.where(Run.name == name)
-    q = q.order_by(Run.started.desc(), Run.id.desc()).limit(max(1, min(limit, MAX_RUN_LIMIT)))
-    rows = session.execute(q).all()
+    for test in search.sql_tests(tree) if tree is not None else []:
+        column = Project.name if test.field == "project" else getattr(Run, test.field)
+        values = test.value if test.op == "in" else [test.value]
+        q = q.where(column.in_([int(v) if test.field == "steps" else v for v in values]))
+    q = q.order_by(Run.started.desc(), Run.id.desc())
+    limit = max(1, min(limit, MAX_RUN_LIMIT))
+    if tree is None:
+        return _run_items(session, session.execute(q.limit(limit)).all())
+    out: list[dict[str, Any]] = []
+    offset = 0
+    while len(out) < limit:
+        page = session.execute(q.offset(offset).limit(FILTER_PAGE)).all()
+        for item, (run, _) in zip(_run_items(session, page), page):
+            if search.matches(tree, item | {"config": run.config or {}, "info": run.info or {}}):
+                out.append(item)
+        if len(page) < FILTER_PAGE:
+            break
+        offset += FILTER_PAGE
+    return out[:limit]
+
+
+FILTER_PAGE = 500  # runs read at a time while a filter is evaluated over them
+
+
+def _run_items(session: Session, rows: list[Any]) -> list[dict[str, Any]]:
     ids = [r.id for r, _ in rows]
     losses = _last_values(session, ids, "loss")
     firing = _firing(session, ids)
@@ -153,8 +183,14 @@ def _run_dict(run: Run, project_name: str) -> dict[str, Any]:
         "steps": run.steps,
         "host": run.host,
         "end_reason": run.end_reason,
+        "tags": tags_of(run.info),
         "error": {"type": run.error_type, "message": run.error_message or ""} if run.error_type else None,
     }
+
+
+def tags_of(info: dict[str, Any] | None) -> list[str]:
+    tags = (info or {}).get("tags")
+    return sorted(str(t) for t in tags) if isinstance(tags, list) else []
 
 
 def _zero() -> dict[str, int]:
@@ -246,6 +282,21 @@ def list_diagnoses(
         q = q.where(Diagnosis.state == state)
     q = q.order_by(Diagnosis.first_seen.desc(), Diagnosis.id.desc()).limit(max(1, min(limit, MAX_RUN_LIMIT)))
     return [diagnosis_dict(d, run_name, project_name) for d, run_name, project_name in session.execute(q).all()]
+
+
+def run_incidents(session: Session, run: Run) -> list[dict[str, Any]]:
+    """The run's incidents (``txwatch.rules.incidents``): its diagnoses that overlap in time, root cause first."""
+    from txwatch.rules.incidents import Episode, group
+
+    rows = session.execute(
+        select(Diagnosis).where(Diagnosis.run_id == run.id, Diagnosis.state != "pending").order_by(Diagnosis.id)
+    ).scalars()
+    episodes = [
+        Episode(d.rule_id, d.severity, int(d.first_step or 0), d.resolved_step if d.state == "resolved" else None,
+                "" if d.layer == RUN_LAYER_NONE else d.layer, d.reason, tuple(d.fix or ()), d.id)
+        for d in rows
+    ]
+    return [i.as_dict() for i in group(episodes)]
 
 
 def diagnosis_dict(d: Diagnosis, run_name: str, project_name: str) -> dict[str, Any]:
