@@ -43,6 +43,7 @@ MISTAKES: dict[str, tuple[list[str], str]] = {
     "silence add": (["silence", "add", "--run", "x"], "--for"),
     "silence list": (["silence", "list", "--all=2"], "--all"),
     "silence remove": (["silence", "remove", "seven"], "'ID'"),
+    "tag": (["tag", "some-run"], "Missing argument"),
 }
 
 

@@ -17,6 +17,7 @@ from txwatch.cli import query as _query  # noqa: F401,E402
 from txwatch.cli import rules_cmd as _rules  # noqa: F401,E402
 from txwatch.cli import serve as _serve  # noqa: F401,E402
 from txwatch.cli import silence as _silence  # noqa: F401,E402
+from txwatch.cli import tag as _tag  # noqa: F401,E402
 
 __all__ = ["app", "main"]
 

@@ -26,7 +26,7 @@ AsCsv = Annotated[bool, typer.Option("--csv", help="Print CSV.")]
 
 # CSV headers when there is no row to take the JSON's keys from.
 RUN_FIELDS = ["name", "project", "status", "started", "ended", "last_seen", "duration_s", "steps", "host",
-              "end_reason", "error", "last_loss", "firing"]
+              "end_reason", "tags", "error", "last_loss", "firing"]
 DIAG_FIELDS = ["id", "rule", "severity", "state", "symptom", "cause", "fix", "reason", "run", "project", "layer",
                "step", "last_step", "resolved_step", "episode", "first_seen", "last_seen", "resolved_at", "labels",
                "evidence"]
@@ -104,12 +104,18 @@ def runs(
     project: Optional[str] = typer.Option(None, "--project", help="Only this project."),
     status: Optional[RunStatus] = typer.Option(None, "--status", help="Only runs in this state."),
     limit: int = typer.Option(100, "--limit", min=1, help="At most this many (newest first)."),
+    where: Optional[str] = typer.Option(None, "--where", help=(
+        "Only runs matching this filter, e.g. \"config.lr > 1e-3 and tags has 'sweep' and status == 'crashed'\" "
+        "(fields: name, project, status, steps, last_loss, tags, started, ..., config.KEY, info.KEY; "
+        "== != > >= < <= has in; and or not).")),
     endpoint: Endpoint = None, db: Db = None, token: Token = None, as_json: AsJson = False, as_csv: AsCsv = False,
 ) -> None:
     """List runs, newest first."""
     _check_format(as_json, as_csv)
+    if where is not None:
+        _check_filter(where)
     with _source(endpoint, db, token) as src:
-        rows = src.runs(project=project, status=_value(status), limit=limit)
+        rows = src.runs(project=project, status=_value(status), limit=limit, where=where)
     if as_json:
         return _print_json(rows)
     if as_csv:
@@ -117,18 +123,28 @@ def runs(
     from rich.table import Table
 
     table = Table(title=f"{len(rows)} run(s)", title_justify="left")
-    for col in ("run", "project", "status", "steps", "last loss", "firing", "started", "duration"):
+    for col in ("run", "project", "status", "tags", "steps", "last loss", "firing", "started", "duration"):
         table.add_column(col, justify="right" if col in ("steps", "last loss") else "left")
     for r in rows:
         firing = " ".join(f"[{SEVERITY_STYLE.get(s, '')}]{n} {cell(s)}[/]" for s, n in r.get("firing", {}).items() if n)
         dur = r.get("duration_s")
         table.add_row(
-            cell(r["name"]), cell(r["project"]), _status(r["status"]), str(r["steps"]),
+            cell(r["name"]), cell(r["project"]), _status(r["status"]), cell(" ".join(r.get("tags") or [])) or "-",
+            str(r["steps"]),
             _fmt_num(r.get("last_loss")), firing or "-", _fmt_time(r["started"]),
             f"{dur:.0f} s" if isinstance(dur, (int, float)) and dur < 3600 else
             (f"{dur / 3600:.1f} h" if isinstance(dur, (int, float)) else "-"),
         )
     _console().print(table)
+
+
+def _check_filter(where: str) -> None:
+    from txwatch.store.search import FilterError, parse
+
+    try:
+        parse(where)
+    except FilterError as exc:
+        raise CliError(f"--where: {exc}") from None
 
 
 def _status(status: str) -> str:

@@ -39,11 +39,13 @@ class HttpSource:
             raise CliError(f"bad endpoint URL {endpoint!r} ({exc}): use http://HOST:PORT") from None
 
     def _get(self, path: str, **params: Any) -> Any:
+        return self._request("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def _request(self, method: str, path: str, params: dict | None = None, body: Any = None) -> Any:
         import httpx
 
-        params = {k: v for k, v in params.items() if v is not None}
         try:
-            r = self.client.get(path, params=params)
+            r = self.client.request(method, path, params=params, json=body)
         except httpx.ConnectError:
             raise CliError(
                 f"cannot reach the txwatch daemon at {self.endpoint}: start it with `txwatch serve`, or leave out "
@@ -101,6 +103,9 @@ class HttpSource:
 
     def diagnoses(self, **filters: Any) -> list[dict]:
         return self._get("/api/v1/diagnoses", **filters)["diagnoses"]
+
+    def tag(self, project: str, name: str, add: list[str], remove: list[str]) -> list[str]:
+        return self._request("POST", f"/api/v1/runs/{project}/{name}/tags", body={"add": add, "remove": remove})["tags"]
 
     def close(self) -> None:
         self.client.close()
@@ -190,6 +195,16 @@ class DbSource:
 
         with self.sessions() as s:
             return queries.list_diagnoses(s, **filters)
+
+    def tag(self, project: str, name: str, add: list[str], remove: list[str]) -> list[str]:
+        from txwatch.store import queries, tags
+
+        with self.sessions() as s:
+            run, _ = queries.get_run(s, project, name)
+            try:
+                return tags.change(s, run.id, add, remove)
+            except tags.BadTag as exc:
+                raise CliError(str(exc)) from None
 
     def close(self) -> None:
         self.engine.dispose()

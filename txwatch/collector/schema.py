@@ -20,6 +20,10 @@ MAX_TIMESTAMP = 1e11
 Timestamp = Annotated[float, Field(ge=0, le=MAX_TIMESTAMP)]
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+# A run tag (``watch(tags=[...])``, ``txwatch tag``): a word a filter can quote, at most MAX_TAGS per run
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+=/\-]{0,99}$"
+MAX_TAGS = 100
+Tag = Annotated[str, StringConstraints(pattern=TAG_PATTERN)]
 MetricName = Annotated[str, StringConstraints(pattern=METRIC_PATTERN)]
 # [step, time, value]; value may be NaN or +/-Inf (a symptom, not bad input); time is a Timestamp like any other
 # (unbounded, 1e300 or -5 was stored and then broke every reader that turns it into a datetime)
@@ -65,6 +69,8 @@ class RunInfo(_TextChecked):
     hooks_version: str | None = Field(default=None, max_length=50)
     torch_version: str | None = Field(default=None, max_length=50)
     device: str | None = Field(default=None, max_length=50)
+    job: str | None = Field(default=None, max_length=300)  # the job's id: watch(resume=) tells jobs apart
+    tags: list[Tag] | None = Field(default=None, max_length=MAX_TAGS)  # added to the run's tags, never removed
     # The model's parameter names in ``named_parameters()`` order: the layer heatmap's rows read input ->
     # output. Bounded like the layer part of a metric name; the hooks send at most the first 10,000.
     layers: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:\-/\[\]]{1,300}$")]] | None = Field(

@@ -511,6 +511,8 @@ class BatchWriter:
             if config:
                 values["config"] = {**(run.config or {}), **config}
             merged = {**(run.info or {}), **info}
+            if "tags" in info:  # a job adds its tags; those added by `txwatch tag` stay
+                merged["tags"] = sorted(set((run.info or {}).get("tags") or []) | set(info["tags"]))
             if merged != run.info:
                 values["info"] = merged
             if batch.run_info.host:
