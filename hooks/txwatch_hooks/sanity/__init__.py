@@ -85,17 +85,21 @@ def preflight(model: torch.nn.Module, optimizer: Any, batch: Any, loss_fn: Any =
 
 def _checks(model: torch.nn.Module, optimizer: Any, batch: Any, loss_fn: Any, steps: int, scheduler: Any,
             max_steps: int | None, config: dict[str, Any], lr_steps: int, device: torch.device) -> Report:
-    memory = PeakMemory(device)  # its baseline: what was in use before the copies
     lr = configured_lr(optimizer, scheduler)
-    model_a, optimizer_a = copies(model, optimizer)
-    if lr is not None:
-        set_lr(optimizer_a, lr)  # the rate it trains at, not a warmup's first
+    memory = PeakMemory(device)  # its baseline: what was in use before the copies
     try:
-        masking = masking_check(model_a, batch, lambda m, b: m(**b))
-    except Exception as exc:  # a model that is not called with the batch's keys: no verdict, not a finding
-        masking = Check("masking", SKIPPED, f"the model could not be run on a changed batch ({type(exc).__name__})")
-    first = first_step_and_overfit(model_a, optimizer_a, batch, loss_fn, steps, memory)
-    del model_a, optimizer_a
+        model_a, optimizer_a = copies(model, optimizer)
+        if lr is not None:
+            set_lr(optimizer_a, lr)  # the rate it trains at, not a warmup's first
+        try:
+            masking = masking_check(model_a, batch, lambda m, b: m(**b))
+        except Exception as exc:  # a model not called with the batch's keys: no verdict, not a finding
+            masking = Check("masking", SKIPPED, f"the model could not be run on a changed batch "
+                            f"({type(exc).__name__})")
+        first = first_step_and_overfit(model_a, optimizer_a, batch, loss_fn, steps, memory)
+        del model_a, optimizer_a
+    finally:
+        memory.stop()  # already stopped after the first step, unless something before it raised
     sweep: dict[str, Any] = {}
     if lr_steps > 0:
         model_b, optimizer_b = copies(model, optimizer)

@@ -1,8 +1,8 @@
 """``watch(..., preflight=True)``: preflight on the first training batch, seen by a one-shot forward pre-hook on
 the watched model, before that batch trains. The hook is dropped from copies and pickles like txwatch's other
 hooks (``txwatch_hooks.forwards.PlainCopies``), removes itself after its one call, and never raises into the
-job's forward: without a loss from the model's output (a transformers model given ``labels``) and without a
-``loss_fn``, it logs what to call instead."""
+job's forward: without a loss from the model's output (``.loss`` of a transformers model given ``labels``, or a
+scalar loss) and without a ``loss_fn``, it logs what to call instead."""
 
 from __future__ import annotations
 
@@ -72,20 +72,19 @@ class FirstBatch:
 
     def _run(self, monitor: Any, model: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         from txwatch_hooks.sanity import preflight
+        from txwatch_hooks.sanity.state import NoLoss
 
         batch = batch_of_call(args, kwargs)
-        if batch is None or (self._arguments.get("loss_fn") is None and not _may_return_loss(model, batch)):
-            log.warning("txwatch preflight: the model's first training forward gives no loss to train on (no "
-                        "labels in its inputs); call txwatch.preflight(model, optimizer, batch, loss_fn, "
-                        "run=monitor) with the first batch instead, or pass preflight={'loss_fn': ...}")
+        if self._optimizer is None or batch is None:
+            log.warning("txwatch preflight: %s; call txwatch.preflight(model, optimizer, batch, loss_fn, run=monitor)",
+                        "no optimizer is watched" if self._optimizer is None else
+                        "the first forward takes positional and keyword inputs together")
             return
-        if self._optimizer is None:
-            log.warning("txwatch preflight: no optimizer is watched; call txwatch.preflight() with one")
-            return
-        with torch.enable_grad():
-            preflight(model, self._optimizer, batch, run=monitor, **self._arguments)
-
-
-def _may_return_loss(model: torch.nn.Module, batch: Any) -> bool:
-    """A transformers-style model computes its loss when given ``labels``."""
-    return isinstance(batch, Mapping) and ("labels" in batch or "label" in batch)
+        try:
+            with torch.enable_grad():
+                preflight(model, self._optimizer, batch, run=monitor, **self._arguments)
+        except NoLoss:
+            log.warning("txwatch preflight: the model's first training forward gives no loss to train on (its "
+                        "output has no .loss: no labels in its inputs?); call txwatch.preflight(model, optimizer, "
+                        "batch, loss_fn, run=monitor) with the first batch instead, or pass "
+                        "preflight={'loss_fn': ...}")

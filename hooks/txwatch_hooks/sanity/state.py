@@ -70,6 +70,10 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
+class NoLoss(ValueError):
+    """The batch gives no loss: the model's output has none and no ``loss_fn`` was given."""
+
+
 def loss_of(model: torch.nn.Module, batch: Any, loss_fn: Any = None) -> torch.Tensor:
     """The batch's loss: ``loss_fn(model, batch)``, else the model's output ``.loss`` (transformers), the
     model called with the batch as keywords (a dict), positional arguments (a tuple or list) or one input."""
@@ -83,7 +87,7 @@ def loss_of(model: torch.nn.Module, batch: Any, loss_fn: Any = None) -> torch.Te
         out = model(batch)
     loss = scalar_loss(out)
     if loss is None:
-        raise ValueError("preflight: no loss: the model's output has no .loss; pass loss_fn=lambda model, batch: ... "
+        raise NoLoss("preflight: no loss: the model's output has no .loss; pass loss_fn=lambda model, batch: ... "
                          "returning the batch's loss")
     return loss
 

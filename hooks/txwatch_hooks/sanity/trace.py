@@ -87,11 +87,15 @@ class PeakMemory:
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self.device = device
-        self.base = self._now()
-        self._hwm0 = _vm_hwm()
-        self._peak = self.base
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        if not self.cuda:  # polling from before the baseline: the thread's own memory is not the step's
+            self._peak = 0.0
+            self._thread = threading.Thread(target=self._poll, name="txwatch.preflight-memory", daemon=True)
+            self._thread.start()
+        self.base = self._now()
+        self._hwm0 = _vm_hwm()
+        self._peak = max(self._peak if not self.cuda else 0.0, self.base)
 
     def _now(self) -> float:
         if self.cuda:
@@ -101,11 +105,9 @@ class PeakMemory:
         return float(psutil.Process().memory_info().rss)
 
     def start(self) -> None:
+        """The step begins (on a GPU the peak counter restarts; on a CPU the polling runs since the baseline)."""
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        self._thread = threading.Thread(target=self._poll, name="txwatch.preflight-memory", daemon=True)
-        self._thread.start()
 
     def _poll(self) -> None:
         while not self._stop.wait(RSS_POLL_S):
