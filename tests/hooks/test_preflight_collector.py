@@ -52,3 +52,23 @@ def test_failed_checks_become_diagnoses_and_the_report_is_shown():
     assert "masked_fill" in result.output
     shown = json.loads(CliRunner().invoke(app, ["show", "pf-stored", "--json"]).output)
     assert shown["info"]["preflight"]["checks"][3]["name"] == "masking"
+
+
+def test_a_run_name_stores_a_run_holding_the_report():
+    from sqlalchemy import select
+
+    from tests.hooks.test_preflight import _ce, _data, _mlp
+    from txwatch.store.db import make_engine, session_factory
+    from txwatch.store.models import Run
+    from txwatch_hooks.sanity import preflight
+
+    model = _mlp()
+    preflight(model, torch.optim.SGD(model.parameters(), lr=0.1), _data(), _ce, lr_steps=0, run="pf-named")
+    engine = make_engine(None)
+    try:
+        with session_factory(engine)() as s:
+            run = s.scalars(select(Run).where(Run.name == "pf-named")).one()
+            assert [c["name"] for c in run.info["preflight"]["checks"]][0] == "overfit"
+            assert run.steps == 0
+    finally:
+        engine.dispose()
