@@ -2,14 +2,19 @@
 
 ``txwatch.watch``, ``txwatch.Monitor`` and ``txwatch.preflight`` come from the training-side hooks
 (``txwatch_hooks``). They are loaded on first use, so the CLI and the collector do not import torch.
+``txwatch.Api`` reads the run history in a notebook (``txwatch.client``).
 """
 
 from typing import Any
 
-__all__ = ["Monitor", "preflight", "watch"]
+__all__ = ["Api", "ApiError", "Monitor", "preflight", "watch"]
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("Api", "ApiError"):  # the history reader: no torch
+        from txwatch import client
+
+        return getattr(client, name)
     if name in __all__:
         import txwatch_hooks
 

@@ -34,7 +34,8 @@ def test_full_package_reexports_the_hooks():
     import txwatch_hooks.integrations.huggingface
     import txwatch_hooks.integrations.lightning
 
-    assert txwatch.__all__ == ["Monitor", "preflight", "watch"]
+    assert txwatch.__all__ == ["Api", "ApiError", "Monitor", "preflight", "watch"]
+    assert txwatch.Api is __import__("txwatch.client").client.Api
     assert txwatch.watch is txwatch_hooks.watch and txwatch.Monitor is txwatch_hooks.Monitor
     assert txwatch.preflight is txwatch_hooks.preflight
     assert txwatch.integrations.lightning.TxwatchCallback is txwatch_hooks.integrations.lightning.TxwatchCallback

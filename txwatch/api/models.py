@@ -52,6 +52,7 @@ class RunItem(BaseModel):
     last_loss: float | None = Field(description="NaN when the latest loss was NaN")
     firing: Firing
     tags: list[str] = Field(default_factory=list, description="sorted")
+    config: dict[str, Any] | None = Field(default=None, description="the run's config, with config=true")
 
 
 class RunList(BaseModel):

@@ -59,6 +59,7 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=queries.MAX_RUN_LIMIT)] = queries.DEFAULT_RUN_LIMIT,
     where: Annotated[str | None, Query(max_length=search.MAX_FILTER_CHARS, description=(
         "a filter, e.g. config.lr > 1e-3 and tags has 'sweep' and status == 'crashed' (docs/api.md)"))] = None,
+    config: Annotated[bool, Query(description="add each run's config to its item")] = False,
 ):
     if where is not None:
         try:
@@ -66,7 +67,7 @@ async def list_runs(
         except search.FilterError as exc:
             return error_response(400, f"where: {exc}")
     return await _read(services, lambda s: {
-        "runs": queries.list_runs(s, project, status, since, until, name, limit, where=where)})
+        "runs": queries.list_runs(s, project, status, since, until, name, limit, where=where, with_config=config)})
 
 
 @router.post("/runs/{project}/{run}/tags", response_model=Tags, summary="Add and remove the run's tags")

@@ -70,8 +70,8 @@ class HttpSource:
             raise CliError(f"the daemon refused: HTTP {r.status_code}: {msg or r.text[:200]}")
         return body
 
-    def runs(self, **filters: Any) -> list[dict]:
-        return self._get("/api/v1/runs", **filters)["runs"]
+    def runs(self, with_config: bool = False, **filters: Any) -> list[dict]:
+        return self._get("/api/v1/runs", config="true" if with_config else None, **filters)["runs"]
 
     def resolve(self, ref: str) -> tuple[str, str]:
         """(project, name) of the run ``ref`` names; a ``CliError`` when there is none or several."""

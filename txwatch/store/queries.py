@@ -63,12 +63,13 @@ def list_runs(
     name: str | None = None,
     limit: int = DEFAULT_RUN_LIMIT,
     where: str | None = None,
+    with_config: bool = False,
 ) -> list[dict[str, Any]]:
     """Runs, newest first, with their tags, last loss and firing diagnoses by severity.
 
     ``where`` is a filter (``txwatch.store.search``; raises ``FilterError``): its plain-column tests narrow
     the rows in SQL, and the whole filter is evaluated over each run (config and info included) read in pages,
-    until ``limit`` runs match."""
+    until ``limit`` runs match. ``with_config`` adds each run's config to its item."""
     tree = search.parse(where) if where else None
     q = select(Run, Project.name).join(Project, Run.project_id == Project.id)
     if project:
@@ -88,12 +89,12 @@ def list_runs(
     q = q.order_by(Run.started.desc(), Run.id.desc())
     limit = max(1, min(limit, MAX_RUN_LIMIT))
     if tree is None:
-        return _run_items(session, session.execute(q.limit(limit)).all())
+        return _run_items(session, session.execute(q.limit(limit)).all(), with_config)
     out: list[dict[str, Any]] = []
     offset = 0
     while len(out) < limit:
         page = session.execute(q.offset(offset).limit(FILTER_PAGE)).all()
-        for item, (run, _) in zip(_run_items(session, page), page):
+        for item, (run, _) in zip(_run_items(session, page, with_config), page):
             if search.matches(tree, item | {"config": run.config or {}, "info": run.info or {}}):
                 out.append(item)
         if len(page) < FILTER_PAGE:
@@ -105,12 +106,13 @@ def list_runs(
 FILTER_PAGE = 500  # runs read at a time while a filter is evaluated over them
 
 
-def _run_items(session: Session, rows: list[Any]) -> list[dict[str, Any]]:
+def _run_items(session: Session, rows: list[Any], with_config: bool = False) -> list[dict[str, Any]]:
     ids = [r.id for r, _ in rows]
     losses = _last_values(session, ids, "loss")
     firing = _firing(session, ids)
     return [
         _run_dict(run, project_name) | {"last_loss": losses.get(run.id), "firing": firing.get(run.id, _zero())}
+        | ({"config": run.config or {}} if with_config else {})
         for run, project_name in rows
     ]
 
