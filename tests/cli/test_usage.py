@@ -29,6 +29,7 @@ def _commands(command, path=()) -> list[str]:
 # For every command, a usage mistake a person makes, and what the one line must name.
 MISTAKES: dict[str, tuple[list[str], str]] = {
     "runs": (["runs", "--limit", "0"], "--limit"),
+    "compare": (["compare"], "Missing argument"),
     "show": (["show"], "Missing argument"),
     "series": (["series", "a", "b"], "unexpected extra argument"),
     "metrics": (["metrics", "some-run"], "Missing argument"),

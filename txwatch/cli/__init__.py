@@ -11,6 +11,7 @@ from txwatch.cli.errors import CliError
 from txwatch.cli.output import plain
 
 # Each module registers its commands on `app` when imported.
+from txwatch.cli import compare as _compare  # noqa: F401,E402
 from txwatch.cli import db as _db  # noqa: F401,E402
 from txwatch.cli import demo as _demo  # noqa: F401,E402
 from txwatch.cli import query as _query  # noqa: F401,E402
