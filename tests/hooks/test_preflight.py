@@ -234,6 +234,20 @@ def test_preflight_leaves_the_training_exactly_as_it_was():
     assert _seeded_run(with_preflight=True) == _seeded_run(with_preflight=False)
 
 
+def test_param_groups_keep_their_proportions_in_the_copies():
+    from txwatch_hooks.sanity.state import configured_lrs, copies, set_lr
+
+    model = _mlp()
+    opt = torch.optim.AdamW([{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 1e-2},
+                             {"params": [], "lr": 0.0}], lr=1e-3)
+    sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=10)
+    assert configured_lrs(opt, sched) == [1e-3, 1e-2, 0.0]
+    _, copy = copies(model, opt)
+    set_lr(copy, 0.5, configured_lrs(opt, sched))
+    assert [g["lr"] for g in copy.param_groups] == [0.5, 5.0, 0.0]
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-4, 1e-3, 0.0])  # the job's: untouched
+
+
 def test_missing_loss_is_a_clear_error():
     model = _mlp()
     with pytest.raises(ValueError, match="loss_fn"):

@@ -28,7 +28,7 @@ from txwatch_hooks.sanity.lr import family, lr_check, range_test, schedule_check
 from txwatch_hooks.sanity.masking import masking_check
 from txwatch_hooks.sanity.memory import dims, memory_check
 from txwatch_hooks.sanity.report import FAIL, SKIPPED, WARN, Check, Report
-from txwatch_hooks.sanity.state import RandomState, configured_lr, copies, set_lr
+from txwatch_hooks.sanity.state import RandomState, configured_lrs, copies, set_lr
 from txwatch_hooks.sanity.trace import PeakMemory, first_step_and_overfit, gradient_check, overfit_check, shapes_check
 
 __all__ = ["Check", "Report", "preflight"]
@@ -85,12 +85,13 @@ def preflight(model: torch.nn.Module, optimizer: Any, batch: Any, loss_fn: Any =
 
 def _checks(model: torch.nn.Module, optimizer: Any, batch: Any, loss_fn: Any, steps: int, scheduler: Any,
             max_steps: int | None, config: dict[str, Any], lr_steps: int, device: torch.device) -> Report:
-    lr = configured_lr(optimizer, scheduler)
+    group_lrs = configured_lrs(optimizer, scheduler)
+    lr = group_lrs[0] if group_lrs else None
     memory = PeakMemory(device)  # its baseline: what was in use before the copies
     try:
         model_a, optimizer_a = copies(model, optimizer)
         if lr is not None:
-            set_lr(optimizer_a, lr)  # the rate it trains at, not a warmup's first
+            set_lr(optimizer_a, lr, group_lrs)  # the rate it trains at, not a warmup's first
         try:
             masking = masking_check(model_a, batch, lambda m, b: m(**b))
         except Exception as exc:  # a model not called with the batch's keys: no verdict, not a finding
@@ -103,7 +104,7 @@ def _checks(model: torch.nn.Module, optimizer: Any, batch: Any, loss_fn: Any, st
     sweep: dict[str, Any] = {}
     if lr_steps > 0:
         model_b, optimizer_b = copies(model, optimizer)
-        sweep = range_test(model_b, optimizer_b, batch, loss_fn, lr_steps)
+        sweep = range_test(model_b, optimizer_b, batch, loss_fn, lr_steps, group_lrs)
         del model_b, optimizer_b
     row = family(model, config)
     planned = max_steps or next((config[k] for k in _PLANNED_KEYS if isinstance(config.get(k), int)), None)

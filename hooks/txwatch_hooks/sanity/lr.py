@@ -27,16 +27,16 @@ _GPT = {"gpt", "gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "mistral", "opt",
 
 
 def range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Any, loss_fn: Any,
-               steps: int) -> dict[str, Any]:
-    """Exponential sweep from LR_MIN to LR_MAX over ``steps`` steps on the batch (model and optimizer are
-    copies). The suggestion is where the loss falls fastest; ``lr_at_min_loss`` where it was lowest."""
+               steps: int, configured: list[float]) -> dict[str, Any]:
+    """Exponential sweep of the first group's rate from LR_MIN to LR_MAX over ``steps`` steps on the batch
+    (model and optimizer are copies; other groups keep their configured proportion to the first). The suggestion is where the loss falls fastest; ``lr_at_min_loss`` where it was lowest."""
     model.train()
     lrs, smoothed = [], []
     avg, best = 0.0, math.inf
     factor = (LR_MAX / LR_MIN) ** (1.0 / max(steps - 1, 1))
     for i in range(steps):
         lr = LR_MIN * factor**i
-        set_lr(optimizer, lr)
+        set_lr(optimizer, lr, configured)
         loss = loss_of(model, batch, loss_fn)
         value = float(loss.detach())
         if not math.isfinite(value):

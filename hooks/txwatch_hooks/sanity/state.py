@@ -49,25 +49,25 @@ def copies(model: torch.nn.Module, optimizer: Any) -> tuple[torch.nn.Module, tor
     return model_copy, optimizer_copy
 
 
-def configured_lr(optimizer: Any, scheduler: Any = None) -> float | None:
-    """The learning rate the job means to train at: the scheduler's base (a warmup starts below it), else the
-    first group's ``initial_lr`` (set by a scheduler) or ``lr``."""
+def configured_lrs(optimizer: Any, scheduler: Any = None) -> list[float]:
+    """Each param group's learning rate as the job means to train at it: the scheduler's base (a warmup starts
+    below it), else the group's ``initial_lr`` (set by a scheduler) or ``lr``."""
     base = getattr(scheduler, "base_lrs", None)
     if base:
-        return float(base[0])
-    groups = unwrap_optimizer(optimizer).param_groups
-    if not groups:
-        return None
-    lr = groups[0].get("initial_lr", groups[0].get("lr"))
-    return float(lr) if isinstance(lr, (int, float, torch.Tensor)) else None
+        return [float(x) for x in base]
+    return [float(g.get("initial_lr", g.get("lr", 0.0))) for g in unwrap_optimizer(optimizer).param_groups]
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, configured: list[float]) -> None:
+    """The first group at ``lr``, the others kept in their configured proportion to it (a head at 10x, a
+    frozen-at-0 group at 0)."""
+    first = configured[0] if configured and configured[0] > 0 else None
+    for i, group in enumerate(optimizer.param_groups):
+        scaled = lr * configured[i] / first if first is not None and i < len(configured) else lr
         if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(lr)
+            group["lr"].fill_(scaled)
         else:
-            group["lr"] = lr
+            group["lr"] = scaled
 
 
 class NoLoss(ValueError):
