@@ -33,6 +33,7 @@ def test_run_page_shows_the_preflight_report(world, page):
     assert masking["verdict"] == "fail"
     assert "masked_fill" in page.inner_text('#preflight-checks tr[data-check="masking"]')
     assert page.inner_text('#preflight-checks tr[data-check="shapes"] .pf-verdict') == "pass"
+    assert "preflight/" not in page.inner_text("#other-charts")  # the card shows the verdicts, not a chart
     page.click("#preflight-shapes summary")
     assert "TransformerEncoderLayer" in page.inner_text("#preflight-shapes")
     screenshot(page, "run-preflight")

@@ -15,7 +15,7 @@
   const POLL_MS = 10000; // a live run's page refreshes this often
   const MAX_LINES = 8; // per chart; more groups/devices than this would be unreadable anyway
   const BUILTIN = new Set(["loss", "val_loss", "grad_norm_total", "grad_nonfinite", "update_ratio_max", "step_time", "data_wait", "data_wait_share", "cpu_util", "rss"]);
-  const LAYER_PREFIXES = new Set(["grad_norm", "param_norm", "update_ratio", "lr", "gpu_util", "gpu_mem_used", "gpu_mem_total", "cuda_mem_allocated", "cuda_mem_reserved", "cuda_mem_peak"]);
+  const LAYER_PREFIXES = new Set(["grad_norm", "param_norm", "update_ratio", "lr", "gpu_util", "gpu_mem_used", "gpu_mem_total", "cuda_mem_allocated", "cuda_mem_reserved", "cuda_mem_peak", "preflight"]);  // preflight/<check>: the Preflight card shows them
 
   const body = document.body;
   const state = { project: body.dataset.project, run: body.dataset.run, status: null, window: null, seriesNames: [], diagnoses: [] };
