@@ -17,7 +17,7 @@ BUILTIN_IDS = {
     "out-of-memory", "memory-pressure", "loss-nonfinite", "loss-diverging", "loss-not-decreasing",
     "loss-oscillating", "gradient-explosion", "vanishing-gradients", "dead-layer", "gradient-imbalance",
     "update-ratio-high", "update-ratio-low", "slow-training", "overfitting", "no-warmup", "run-stalled",
-    "run-crashed", "fp16-overflow", "lr-jump",
+    "run-crashed", "fp16-overflow", "lr-jump", "preflight-failed", "preflight-warned",
 }
 
 
@@ -158,6 +158,22 @@ def test_gradient_explosion_fires_on_a_sustained_spike_against_the_running_media
     assert fire is not None and fire.step == 102  # two of the last three samples spiked
     assert fire.rule.severity == "critical"
     assert fire.reason.startswith("the total gradient norm is 20 (median of its last 3 samples)")
+
+
+def test_gradient_explosion_is_judged_against_the_series_own_noise():
+    # a fine-tune whose sampled norm moves 3x from sample to sample: 20x its median is within its noise...
+    rough = [(3.0 if i % 2 else 1.0) for i in range(30)] + [20.0, 20.0, 20.0]
+    assert "gradient-explosion" not in run_rules({"grad_norm_total": points(rough, every=10)}).ids()
+    # ...while a steady one at 20x its median has exploded
+    steady = curve(30, lambda s: 1.0, 0.05) + [20.0, 20.0, 20.0]
+    assert "gradient-explosion" in run_rules({"grad_norm_total": points(steady, every=10)}).ids()
+
+
+def test_a_spike_between_two_samples_is_seen_at_the_next_one():
+    sampled = points(curve(30, lambda s: 1.0, 0.05), every=10)
+    folded = [(s, t, v * (40.0 if s == 251 else 1.2)) for s, t, v in sampled]  # step 247 spiked, unsampled
+    fire = run_rules({"grad_norm_total": sampled, "grad_norm_total_max": folded}).first_fire("gradient-explosion")
+    assert fire is not None and fire.step == 251
 
 
 def test_gradient_explosion_near_miss_one_odd_batch_is_not_an_explosion():

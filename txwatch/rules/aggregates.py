@@ -76,6 +76,15 @@ def _slope(steps, values, extra):
     return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
 
 
+def _noise(steps, values, extra):
+    """The series' own step-to-step noise in decades: the median of |log10(v[i] / v[i-1])| over its positive
+    values (a robust scale for thresholds on a series that moves by factors, such as a gradient norm)."""
+    logs = [math.log10(v) for v in values if _isfinite(v) and v > 0]
+    if len(logs) < 4:
+        return None
+    return _percentile(sorted(abs(b - a) for a, b in zip(logs, logs[1:])), 50.0)
+
+
 def _nonfinite(steps, values, extra):
     return float(sum(1 for v in values if not _isfinite(v)))
 
@@ -101,6 +110,7 @@ WINDOWED: dict[str, Callable] = {
     "sum": _sum,
     "std": _std,
     "slope": _slope,
+    "noise": _noise,
     "nonfinite": _nonfinite,
     "count": _count,
     "last": _last,
@@ -146,6 +156,8 @@ def whole_run(name: str, buf: SeriesBuffer, extra: tuple[float, ...]) -> float |
         if n < 2 or denom <= 0:
             return None
         return (buf.sxy - buf.sx * buf.sy / n) / denom
+    if name == "noise":  # needs the points themselves: a window (the checker asks for one)
+        return None
     if name in ("median", "percentile"):
         if buf.sketch is None:
             return None

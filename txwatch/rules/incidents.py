@@ -31,6 +31,10 @@ from dataclasses import dataclass, field
 
 LOUD = ("warning", "critical")
 JOIN_STEPS = 20  # an episode beginning this soon after the incident's last one closed still belongs to it
+# A cause may be diagnosed a little after its consequence (its rule holds for some steps before it fires, or
+# reads a sampled series), but not long after: a loss that starts oscillating 200 steps after a spike does not
+# explain the spike.
+CAUSE_LAG_STEPS = 30
 
 LR_HIGH = ("lr-jump", "update-ratio-high", "loss-oscillating", "loss-diverging")
 _LR_CONSEQUENCES = ("gradient-explosion", "loss-nonfinite", "dead-layer", "gradient-imbalance",
@@ -160,8 +164,8 @@ def group(episodes: Iterable[Episode]) -> list[Incident]:
 
 
 def _explains(cause: Episode, effect: Episode, members: list[Episode]) -> bool:
-    if cause.rule == effect.rule:
-        return False
+    if cause.rule == effect.rule or cause.first_step > effect.first_step + CAUSE_LAG_STEPS:
+        return False  # a cause does not appear long after its consequence
     if cause.rule == "no-warmup" and cause.resolved_step is None:
         return False  # the loss has not come back: not a warmup transient (the LR symptoms explain it)
     if effect.rule == "no-warmup" and cause.rule in LR_HIGH:

@@ -63,6 +63,8 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     "sum": FunctionSpec(_AGG, "num", doc="sum of the finite values"),
     "std": FunctionSpec(_AGG, "num", doc="standard deviation of the finite values"),
     "slope": FunctionSpec(_AGG, "num", doc="least-squares slope of value against step (per step)"),
+    "noise": FunctionSpec(
+        _AGG, "num", doc="typical step-to-step change in decades: median |log10(v[i]/v[i-1])| (needs a window)"),
     "percentile": FunctionSpec(_AGG, "num", args=("num",), doc="q-th percentile (0-100) of the finite values"),
     "nonfinite": FunctionSpec(_AGG, "num", doc="how many values are NaN or infinite"),
     "count": FunctionSpec(_AGG, "num", doc="how many points"),
@@ -257,6 +259,8 @@ class _Checker:
             if node.name == "percentile" and not 0 <= arg.value <= 100:
                 self.fail(arg, "a percentile is between 0 and 100")
         node.window = self.window(node)
+        if node.name == "noise" and node.window.kind == "all":
+            self.fail(node, "noise() needs a window of recent points, e.g. noise(grad_norm_total, points=20)")
         node.series = ref
         self.series.append(ref)
         return "num"
