@@ -45,6 +45,7 @@ MISTAKES: dict[str, tuple[list[str], str]] = {
     "silence list": (["silence", "list", "--all=2"], "--all"),
     "silence remove": (["silence", "remove", "seven"], "'ID'"),
     "tag": (["tag", "some-run"], "Missing argument"),
+    "import tensorboard": (["import", "tensorboard"], "Missing argument"),
 }
 
 

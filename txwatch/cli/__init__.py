@@ -14,6 +14,7 @@ from txwatch.cli.output import plain
 from txwatch.cli import compare as _compare  # noqa: F401,E402
 from txwatch.cli import db as _db  # noqa: F401,E402
 from txwatch.cli import demo as _demo  # noqa: F401,E402
+from txwatch.cli import import_cmd as _import  # noqa: F401,E402
 from txwatch.cli import query as _query  # noqa: F401,E402
 from txwatch.cli import rules_cmd as _rules  # noqa: F401,E402
 from txwatch.cli import serve as _serve  # noqa: F401,E402
