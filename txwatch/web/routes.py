@@ -1,4 +1,4 @@
-"""Routes of the web page: three HTML shells and the static files they load.
+"""Routes of the web page: four HTML shells and the static files they load.
 
 The shells are Jinja templates extending ``base.html`` (head, header, token dialog), filled in with nothing
 but the URL prefix, the asset version and, on the run page, the run's name (autoescaped); everything else
@@ -75,7 +75,7 @@ def _load_static() -> dict[str, _Asset]:
     return assets
 
 
-PAGES = ("runs.html", "run.html", "diagnoses.html")
+PAGES = ("runs.html", "run.html", "diagnoses.html", "compare.html")
 
 
 def _load_templates() -> dict[str, jinja2.Template]:
@@ -95,6 +95,7 @@ BUNDLES = {
     "runs-page.js": ["common.js", "runs.js"],
     "run-page.js": ["common.js", "vendor/uPlot.iife.min.js", "charts.js", "heatmap.js", "preflight.js", "run.js"],
     "diagnoses-page.js": ["common.js", "diagnoses.js"],
+    "compare-page.js": ["common.js", "vendor/uPlot.iife.min.js", "charts.js", "compare.js"],
 }
 
 
@@ -142,6 +143,12 @@ def run_page_by_name(request: Request, run: str) -> HTMLResponse:
 def diagnoses_page(request: Request) -> HTMLResponse:
     """Every diagnosis across runs, with filters, and the silences with a form to add one."""
     return _page(request, "diagnoses.html", project="", run="")
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare_page(request: Request) -> HTMLResponse:
+    """Two or more runs overlaid by step (``?runs=project/run,project/run``), each run's diagnoses flagged."""
+    return _page(request, "compare.html", project="", run="")
 
 
 @router.api_route("/static/{path:path}", methods=["GET", "HEAD"])

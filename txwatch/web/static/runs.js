@@ -12,6 +12,8 @@
   const statusSel = document.getElementById("filter-status");
   const tbody = document.querySelector("#runs tbody");
   const updated = document.getElementById("updated");
+  const compareButton = document.getElementById("compare-selected");
+  const picked = new Set(); // "project/run" of the runs ticked for comparison, kept across refreshes
 
   const params = new URLSearchParams(location.search);
   statusSel.value = params.get("status") || "";
@@ -51,7 +53,7 @@
     const lastLoss = pick(r, "last_loss");
     const firing = pick(r, "firing") || {}; // firing diagnoses by severity, counted by the API
     return el("tr", { dataset: { run: name, project, status } },
-      el("td", { class: "name" }, el("a", { href: runUrl(project, name) }, name)),
+      el("td", { class: "name" }, pickBox(project, name), el("a", { href: runUrl(project, name) }, name)),
       el("td", {}, project),
       el("td", {}, el("span", { class: `status status-${status}` }, status), detail ? el("span", { class: "muted" }, ` (${detail})`) : null),
       el("td", { class: "num", dataset: { field: "steps" } }, String(pick(r, "steps") ?? "")),
@@ -60,6 +62,28 @@
       el("td", { title: started ? fmtAgo(started) : "" }, fmtTime(started)),
       el("td", { class: "num" }, fmtDuration(duration)));
   }
+
+  function pickBox(project, name) {
+    const ref = `${project}/${name}`;
+    const box = el("input", { type: "checkbox", class: "pick", "aria-label": `compare ${ref}`, dataset: { ref } });
+    box.checked = picked.has(ref);
+    box.addEventListener("change", (ev) => {
+      ev.stopPropagation(); // not a filter change
+      box.checked ? picked.add(ref) : picked.delete(ref);
+      updateCompare();
+    });
+    return box;
+  }
+
+  function updateCompare() {
+    compareButton.disabled = picked.size < 2;
+    compareButton.textContent = picked.size ? `Compare selected (${picked.size})` : "Compare selected";
+  }
+
+  compareButton.addEventListener("click", () => {
+    if (picked.size < 2) return;
+    location.href = `${document.body.dataset.base || ""}/compare?${new URLSearchParams({ runs: [...picked].join(",") })}`;
+  });
 
   async function refresh() {
     const q = new URLSearchParams({ limit: String(LIMIT) });
