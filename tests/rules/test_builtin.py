@@ -124,7 +124,21 @@ def test_loss_not_decreasing_fires_after_warmup_when_the_loss_stays_at_its_start
     result = run_rules({"loss": points(curve(n, lambda s: 2.3, 0.03)), "lr/0": points([1e-6] * n)})
     fire = result.first_fire("loss-not-decreasing")
     assert fire is not None and 250 <= fire.step <= 300
-    assert "within 5% of its starting level" in fire.reason
+    assert "against 2.288 in its first 20 steps" in fire.reason
+    assert "validation" not in fire.reason  # no validation set: the reason says nothing of it, not "no data"
+
+
+def test_loss_not_decreasing_fires_at_chance_level_when_validation_never_improves():
+    n = 400
+    creeping = curve(n, lambda s: 1.386 * (1 - 0.08 * s / n), 0.03)  # memorizing shuffled labels, 8% in 400 steps
+    val = at(range(50, n + 1, 50), lambda s: 1.374 + 0.0002 * s)  # at chance and creeping up
+    fire = run_rules({"loss": points(creeping), "val_loss": val, "lr/0": points([1e-3] * n)}).first_fire(
+        "loss-not-decreasing")
+    assert fire is not None and fire.step == 250
+    assert "the validation loss's best, 1.384, is no better than its first evaluation, 1.384" in fire.reason
+    learning_val = at(range(50, n + 1, 50), lambda s: 1.374 - 0.001 * s)  # the same run generalizing
+    assert "loss-not-decreasing" not in run_rules({"loss": points(creeping), "val_loss": learning_val,
+                                                  "lr/0": points([1e-3] * n)}).ids()
 
 
 def test_loss_not_decreasing_near_misses_a_slow_but_real_decrease_and_a_long_warmup():

@@ -7,6 +7,7 @@ caller to apply, so evaluating twice (once fast, once to explain) gives the same
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,17 @@ def evaluate(
     )
     fn = program.explain_fn if explain is not None and program.explain_fn is not None else program.fn
     return fn(ctx, layer), ctx.updates
+
+
+_NO_DATA = "\x00"  # a figure with no data yet, while the reason is assembled
+_OPTIONAL = re.compile(r"\[\?(.*?)\?\]", re.S)
+
+
+def optional_parts(text: str) -> str:
+    """A reason template's ``[? ... ?]`` parts are said only when every figure in them has data: a run with no
+    validation set is not told "validation loss no data"."""
+    text = _OPTIONAL.sub(lambda m: "" if _NO_DATA in m.group(1) else m.group(1), text)
+    return text.replace(_NO_DATA, "no data")
 
 
 def detect(
@@ -133,9 +145,9 @@ def render_reason(
                 out.append(text or "none")
             elif part.program is not None:
                 v, _ = evaluate(part.program, view, step, settings, node_state, layer)
-                out.append(fmt(v))
+                out.append(_NO_DATA if v is None else fmt(v))
                 evidence.setdefault("values", {}).setdefault(part.program.checked.text, v)  # the figures quoted
-        return "".join(out)
+        return optional_parts("".join(out))
     parts = describe(program.checked.tree, layer, ex)
     text = "; ".join(parts) if parts else program.checked.text
     run = evidence.get("run", {})
