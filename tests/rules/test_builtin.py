@@ -415,6 +415,17 @@ def test_overfitting_near_miss_a_validation_loss_still_falling_fast():
     assert "overfitting" not in run_rules({"loss": points(loss), "val_loss": points(val, start=50, every=50)}).ids()
 
 
+def test_overfitting_is_judged_on_three_sparse_evaluations_and_not_on_a_bump_coming_back_down():
+    loss = curve(700, lambda s: 1.4 * math.exp(-s / 60) + 0.001, 0.05)
+    sparse = [0.86, 0.71, 0.56, 0.57, 0.66, 0.71, 0.76]  # a real CNN's, every 100 steps: the gap grows
+    fire = run_rules({"loss": points(loss), "val_loss": points(sparse, start=100, every=100)}).first_fire(
+        "overfitting")
+    assert fire is not None and fire.step == 700  # at its 3rd rising evaluation, with no extra hold
+    assert "rose at each of its last 3 evaluations, to 0.76" in fire.reason
+    bump = [0.38, 0.27, 0.16, 0.10, 0.18, 0.16, 0.11, 0.11]  # a real ViT's, every 50 steps: noise, not a turn
+    assert "overfitting" not in run_rules({"loss": points(loss), "val_loss": points(bump, start=50, every=50)}).ids()
+
+
 def _early(loss: list[float], lr: list[float]) -> dict:
     return {"loss": points(loss), "lr/0": points(lr)}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from txwatch.rules.language import Window
+from txwatch.rules.language import WINDOW_ONLY, Window
 from txwatch.rules.window import SeriesBuffer
 
 _isfinite = math.isfinite
@@ -85,6 +85,20 @@ def _noise(steps, values, extra):
     return _percentile(sorted(abs(b - a) for a, b in zip(logs, logs[1:])), 50.0)
 
 
+def _trend(steps, values, extra):
+    """Mann-Kendall's trend statistic over the window, as Kendall's tau of value against step: +1 when every
+    later value is above every earlier one, -1 when below, near 0 without a trend (needs 3 values)."""
+    pts = [(st, v) for st, v in zip(steps, values) if _isfinite(v)]
+    if len(pts) < 3:
+        return None
+    s = 0
+    for i in range(len(pts)):
+        for j in range(i + 1, len(pts)):
+            d = pts[j][1] - pts[i][1]
+            s += (d > 0) - (d < 0)
+    return s / (len(pts) * (len(pts) - 1) / 2)
+
+
 def _nonfinite(steps, values, extra):
     return float(sum(1 for v in values if not _isfinite(v)))
 
@@ -111,6 +125,7 @@ WINDOWED: dict[str, Callable] = {
     "std": _std,
     "slope": _slope,
     "noise": _noise,
+    "trend": _trend,
     "nonfinite": _nonfinite,
     "count": _count,
     "last": _last,
@@ -156,7 +171,7 @@ def whole_run(name: str, buf: SeriesBuffer, extra: tuple[float, ...]) -> float |
         if n < 2 or denom <= 0:
             return None
         return (buf.sxy - buf.sx * buf.sy / n) / denom
-    if name == "noise":  # needs the points themselves: a window (the checker asks for one)
+    if name in WINDOW_ONLY:  # needs the points themselves: a window (the checker asks for one)
         return None
     if name in ("median", "percentile"):
         if buf.sketch is None:

@@ -65,6 +65,8 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     "slope": FunctionSpec(_AGG, "num", doc="least-squares slope of value against step (per step)"),
     "noise": FunctionSpec(
         _AGG, "num", doc="typical step-to-step change in decades: median |log10(v[i]/v[i-1])| (needs a window)"),
+    "trend": FunctionSpec(
+        _AGG, "num", doc="Mann-Kendall trend as Kendall's tau against step: +1 rising throughout (needs a window)"),
     "percentile": FunctionSpec(_AGG, "num", args=("num",), doc="q-th percentile (0-100) of the finite values"),
     "nonfinite": FunctionSpec(_AGG, "num", doc="how many values are NaN or infinite"),
     "count": FunctionSpec(_AGG, "num", doc="how many points"),
@@ -101,6 +103,7 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     "setting": FunctionSpec("run", "num", args=("str",), doc="a collector setting (stall_after_s)"),
 }
 WINDOW_KWARGS = ("last", "points", "first", "shift", "prev")
+WINDOW_ONLY = ("noise", "trend")  # aggregates of the points themselves, with no running whole-run form
 END_STATUSES = ("finished", "crashed", "oom")
 PARAM_KINDS = ("weight", "bias", "norm", "embedding", "other")  # the hooks' parameter roles (rules.roles)
 SETTINGS_READABLE = ("stall_after_s",)
@@ -259,8 +262,8 @@ class _Checker:
             if node.name == "percentile" and not 0 <= arg.value <= 100:
                 self.fail(arg, "a percentile is between 0 and 100")
         node.window = self.window(node)
-        if node.name == "noise" and node.window.kind == "all":
-            self.fail(node, "noise() needs a window of recent points, e.g. noise(grad_norm_total, points=20)")
+        if node.name in WINDOW_ONLY and node.window.kind == "all":
+            self.fail(node, f"{node.name}() needs a window of recent points, e.g. {node.name}(val_loss, points=3)")
         node.series = ref
         self.series.append(ref)
         return "num"
