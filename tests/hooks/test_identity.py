@@ -155,3 +155,27 @@ def test_the_callbacks_take_resume(module):
     assert callbacks.TxwatchCallback(run="cb", resume="allow").watch_kwargs["resume"] == "allow"
     with pytest.raises(ValueError, match="resume must be one of"):
         callbacks.TxwatchCallback(run="cb", resume="always")
+
+
+def _ranks(url: str, spool, run: str) -> list[str]:
+    """The run name each rank of a real 2-process gloo job (MASTER_ADDR:MASTER_PORT, no torchrun id) chose."""
+    from pathlib import Path
+
+    from .conftest import start_ranks
+
+    procs = start_ranks(Path(__file__).with_name("ddp_named_job.py"), url, str(spool), run)
+    names = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+        names.append(out.strip().splitlines()[-1])
+    return names
+
+
+def test_the_ranks_of_a_real_two_process_job_agree_on_one_new_run(tmp_path):
+    with CollectorStandIn() as server:
+        assert _train(endpoint=server.url, run="ddp") == "ddp"  # an older job under the same name
+        assert _ranks(server.url, tmp_path / "a", "ddp") == ["ddp-2", "ddp-2"]
+        assert _ranks(server.url, tmp_path / "b", "ddp") == ["ddp-3", "ddp-3"]  # a later job: its own run
+        assert {(b["run"], b["rank"]) for b in server.batches if b["run"] != "ddp"} == {
+            ("ddp-2", 0), ("ddp-2", 1), ("ddp-3", 0), ("ddp-3", 1)}
