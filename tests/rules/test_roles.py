@@ -86,3 +86,18 @@ def test_kind_is_checked_when_a_rule_is_loaded():
         check('any_layer(max(grad_norm/*, points=5) == 0, kind="matrix")')
     with pytest.raises(ConditionError, match="takes kind="):
         check('any_layer(max(grad_norm/*, points=5) == 0, role="weight")')
+
+
+def test_the_update_ratio_rules_suggest_a_learning_rate_from_the_run_s_own_figures():
+    params = [param(f"blocks.{i}.proj", "weight") for i in range(4)]
+    high = {f"update_ratio/blocks.{i}.proj": points([0.2] * 40) for i in range(4)}
+    high["lr/0"] = points([0.05] * 40)
+    fire = run_rules(high, info=info(params)).first_fire("update-ratio-high")
+    assert "at the current learning rate of 0.05, about 0.005 would bring it near 1e-3" in fire.reason  # 10x, capped
+    low = {f"update_ratio/blocks.{i}.proj": points([2e-6] * 200) for i in range(4)}
+    low["lr/0"] = points([1e-6] * 200)
+    fire = run_rules(low, info=info(params)).first_fire("update-ratio-low")
+    assert "about 1e-05 would bring the ratio near 1e-3" in fire.reason  # 500x would do it: capped at 10x
+    stopped = dict(low, **{"lr/0": points([1e-3] * 100 + [0.0] * 100)})
+    fire = run_rules(stopped, info=info(params)).first_fire("update-ratio-low")
+    assert "against a peak of 0.001" in fire.reason and "would bring" not in fire.reason  # nothing to scale at 0

@@ -379,6 +379,8 @@ class Compiler:
                 return abs(vals[0])
             if name == "log10":
                 return math.log10(vals[0]) if vals[0] > 0 and math.isfinite(vals[0]) else None
+            if name == "positive":
+                return vals[0] if vals[0] > 0 else None
             if name == "least":
                 return min(vals)
             return max(vals)

@@ -92,6 +92,8 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     # plain arithmetic helpers
     "abs": FunctionSpec("scalar", "num", args=("num",), doc="absolute value"),
     "log10": FunctionSpec("scalar", "num", args=("num",), doc="base-10 logarithm (none for values <= 0)"),
+    "positive": FunctionSpec(
+        "scalar", "num", args=("num",), doc="the value when above 0, else no value (for a reason's [? ?] part)"),
     "least": FunctionSpec("scalar", "num", args=("num", "num"), varargs=True, doc="smallest argument"),
     "greatest": FunctionSpec("scalar", "num", args=("num", "num"), varargs=True, doc="largest argument"),
     # facts about the run
