@@ -10,9 +10,9 @@ Per scenario (warning and critical diagnoses only; ``info`` is never an alarm):
   evaluates on the clock: its step is the last one heard, before the run went silent);
 - *NaN*: the first step whose loss is not finite, and whether any episode began before it;
 - *Slack*: the top-level messages the alerts would post, derived from the episodes the way the outbox and
-  dispatcher group them: each episode's fire is due ``group_window_s`` (10 s) after the first fire of its
-  group on the run's clock, and fires that arrive before a pending group is due join that message. Follow-ups
-  (updates, the resolve note) go to the message's thread and are not counted.
+  dispatcher group them: one message per incident (a fire joining an incident whose message is out is a reply
+  in its thread), and the first fires of incidents within ``group_window_s`` (10 s, on the run's clock) share
+  one message. Follow-ups (updates, joined fires, the resolve note) go to the thread and are not counted.
 """
 
 from __future__ import annotations
@@ -84,8 +84,13 @@ def slack_messages(episodes: list[Found], batches: list[dict[str, Any]], setting
         at = next((s for s in steps if s >= found.first_step), None)
         return times[at] if at is not None else last
 
+    # one message per incident (txwatch/alerts/outbox.py _incident_anchor): a fire that joins an incident whose
+    # message is out is a reply in its thread; the first fires of incidents within a group window share one
+    incidents = group([Episode(f.rule, f.severity, f.first_step, f.resolved_step) for f in episodes])
+    starts = [min(when(f) for f in episodes if (f.rule, f.first_step) in {(e.rule, e.first_step) for e in i.episodes})
+              for i in incidents]
     messages, due = 0, None
-    for t in sorted(when(f) for f in episodes):
+    for t in sorted(starts):
         if due is None or t > due:
             messages += 1
             due = t + window

@@ -162,6 +162,33 @@ def test_rules_firing_together_on_one_run_become_one_message(sessions, slack, cl
     assert other
 
 
+def test_a_diagnosis_that_joins_an_open_incident_is_a_reply_in_its_thread(sessions, slack, clock, alerting_for):
+    alerting = alerting_for(slack_settings(slack, group_window_s=10))
+    root = fire(sessions, alerting, rule_id="lr-jump", symptom="The learning rate jumped", step=150)
+    clock.advance(11)
+    assert alerting.dispatch_due() == 1
+    [parent] = slack.top_level(ALERTS)
+    clock.advance(60)  # well past the group window: the NaN that follows is part of the same incident
+    nan = fire(sessions, alerting, rule_id="loss-nonfinite", symptom="Loss became NaN", step=157)
+    assert alerting.dispatch_due() == 1
+    assert len(slack.top_level(ALERTS)) == 1  # one Slack message per incident
+    [reply] = slack.thread(ALERTS, parent["ts"])
+    assert reply["text"].startswith("Also in this incident at step 157: Loss became NaN (loss-nonfinite).")
+    # its follow-ups stay in that thread, and resolving it does not edit the incident's message
+    change(sessions, alerting, nan, "resolve", resolved_step=200)
+    assert alerting.dispatch_due() == 1
+    assert not slack.calls("chat.update")
+    assert [r["text"].split(":")[0] for r in slack.thread(ALERTS, parent["ts"])][-1] == "Resolved at step 200"
+    # once the incident is over (resolved long before), a new diagnosis opens a message of its own
+    change(sessions, alerting, root, "resolve", resolved_step=250)
+    alerting.dispatch_due()
+    clock.advance(60)
+    fire(sessions, alerting, rule_id="overfitting", symptom="Overfitting", severity="warning", step=900)
+    clock.advance(11)
+    assert alerting.dispatch_due() == 1
+    assert len(slack.top_level(ALERTS)) == 2
+
+
 def test_routes_pick_channels_and_critical_ones_mention(sessions, slack, clock, alerting_for):
     routes = [
         {"severity": "critical", "channel": "#oncall", "continue": True},

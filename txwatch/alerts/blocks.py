@@ -236,6 +236,18 @@ def update_reply(payload: dict[str, Any]) -> Message:
     return esc(text), [_section(body)]
 
 
+def incident_reply(payload: dict[str, Any]) -> Message:
+    """A diagnosis that fired while an earlier one of the same run was still open: a reply in that incident's
+    thread, not a message of its own (one Slack message per incident)."""
+    d = payload["diagnosis"]
+    emoji, label = SEVERITY.get(d["severity"], SEVERITY["info"])
+    head = (f":link: *Also in this incident* at step {_step_of(d)}: {emoji} {label} · {esc(d['symptom'])} "
+            f"(`{esc(d['rule'])}`)")
+    body = "\n".join(filter(None, [head, esc(d.get("reason") or ""), *evidence_lines(d.get("evidence") or {})]))
+    text = f"Also in this incident at step {_step_of(d)}: {d['symptom']} ({d['rule']}). {d.get('reason') or ''}"
+    return esc(text.strip()), [_section(body)]
+
+
 def resolve_reply(payload: dict[str, Any]) -> Message:
     """The thread reply that says the diagnosis resolved."""
     d = payload["diagnosis"]

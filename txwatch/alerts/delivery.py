@@ -107,16 +107,30 @@ class Ledger:
         return [EpisodeRow(r.id, r.kind, r.status, r.external_ref) for r in rows]
 
     def anchor(self, row: Claimed) -> tuple[dict[str, Any] | None, bool]:
-        """(the episode's top-level message ref, or None; whether an earlier message is still being sent)."""
+        """(the episode's top-level message ref, or its incident's thread when it fired as a reply there (marked
+        ``joined``), or None; whether an earlier message is still being sent)."""
         rows = self.episode_rows(row.diagnosis_id, row.sink, row.target)
         for r in rows:
             ref = r.external_ref or {}
             if r.status == "sent" and (ref.get("ts") or ref.get("webhook")) and not ref.get("thread_ts"):
                 return ref, False
+            if r.status == "sent" and r.kind == "fire" and ref.get("joined") and ref.get("thread_ts"):
+                # it fired as a reply in its incident's thread: follow-ups go to that thread too
+                return {"channel": ref.get("channel"), "ts": ref["thread_ts"], "joined": True}, False
         waiting = any(
             r.id < row.id and r.kind in ("fire", "update") and r.status in ("pending", "sending") for r in rows
         )
         return None, waiting
+
+    def incident_thread(self, diagnosis_id: int, sink: str, target: str) -> tuple[dict[str, Any] | None, bool]:
+        """(the top-level message ref of the diagnosis that opened an incident, or None; whether it is still
+        being sent)."""
+        rows = [r for r in self.episode_rows(diagnosis_id, sink, target) if r.kind == "fire"]
+        for r in rows:
+            ref = r.external_ref or {}
+            if r.status == "sent" and ref.get("ts") and not ref.get("thread_ts"):
+                return ref, False
+        return None, any(r.status in ("pending", "sending") for r in rows)
 
     def group_view(self, diagnosis_ids: list[int], sink: str, target: str) -> list[dict[str, Any]]:
         """The fire payloads of a grouped message, each with its diagnosis's current state (for re-rendering)."""

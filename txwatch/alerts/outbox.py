@@ -19,7 +19,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,6 +29,7 @@ from txwatch.alerts.console import ConsoleSink
 from txwatch.alerts.payload import diagnosis_payload
 from txwatch.alerts.routing import Router, Target
 from txwatch.alerts.silences import matching_silence
+from txwatch.rules.incidents import JOIN_STEPS
 from txwatch.store.models import Diagnosis, Notification
 
 log = logging.getLogger(__name__)
@@ -109,10 +110,10 @@ class Outbox:
             values = self._decide(session, diagnosis, kind, target, silence, now)
             if values is None:
                 continue
-            if target.mention:
-                values["payload"] = {**payload, "mention": target.mention}
-            else:
-                values["payload"] = payload
+            joins = values.pop("incident_of", None)
+            values["payload"] = {**payload, "mention": target.mention} if target.mention else payload
+            if joins is not None:
+                values["payload"] = {**values["payload"], "incident_of": joins}
             if insert_ignore(session, values):
                 written += 1
                 if values["status"] == "silenced":
@@ -136,9 +137,11 @@ class Outbox:
         error = f"silenced by silence #{silence.id} until {as_utc(silence.expires):%Y-%m-%d %H:%M} UTC" if silence else None
         next_attempt = now
         update_no = None
+        joins = None
         if kind == "fire":
             if target.sink == "slack" and status == "pending":
-                next_attempt = self._group_due(session, diagnosis, target, now)
+                joins = self._incident_anchor(session, diagnosis, target)
+                next_attempt = now if joins is not None else self._group_due(session, diagnosis, target, now)
         elif kind == "update":
             if prior:
                 last = max(as_utc(p.created) for p in prior)
@@ -155,6 +158,7 @@ class Outbox:
                 # A resolve goes out even under a silence: it closes a message people already saw.
                 status, error = "pending", None
         return {
+            "incident_of": joins,
             "dedupe_key": dedupe_key(target, diagnosis, kind, update_no),
             "diagnosis_id": diagnosis.id,
             "run_id": diagnosis.run_id,
@@ -167,6 +171,33 @@ class Outbox:
             "created": now,
             "error": error,
         }
+
+    def _incident_anchor(self, session: Session, diagnosis: Diagnosis, target: Target) -> int | None:
+        """The diagnosis whose Slack message opened the incident this one belongs to, if that message is out.
+
+        Same run and destination, still firing or resolved within ``incidents.JOIN_STEPS`` of this one's first
+        step (the incidents' own grouping), its fire sent or being sent as a message of its own (not itself a
+        reply). A fire still pending joins the group window's message instead."""
+        first = diagnosis.first_step or 0
+        found = session.execute(
+            select(Notification.diagnosis_id, Notification.payload)
+            .join(Diagnosis, Diagnosis.id == Notification.diagnosis_id)
+            .where(
+                Notification.run_id == diagnosis.run_id,
+                Notification.sink == target.sink,
+                Notification.target == target.target,
+                Notification.kind == "fire",
+                Notification.status.in_(("sending", "sent")),
+                Notification.diagnosis_id != diagnosis.id,
+                or_(Diagnosis.state == "firing", Diagnosis.resolved_step >= first - JOIN_STEPS),
+            )
+            .order_by(Notification.id)
+            .limit(50)
+        ).all()
+        for diagnosis_id, payload in found:
+            if not (payload or {}).get("incident_of"):
+                return diagnosis_id
+        return None
 
     def _group_due(self, session: Session, diagnosis: Diagnosis, target: Target, now: datetime) -> datetime:
         """When a Slack fire is due: with the run's open group if there is one, else after the group window."""

@@ -179,7 +179,9 @@ class SlackSink:
         groups: dict[tuple[str, int | None], list[Claimed]] = {}
         out: list[list[Claimed]] = []
         for r in rows:
-            if r.kind == "fire":
+            if r.kind == "fire" and r.payload.get("incident_of") and self.mode == "token":
+                out.append([r])  # a reply in its incident's thread
+            elif r.kind == "fire":
                 groups.setdefault((r.target, r.run_id), []).append(r)
             else:
                 out.append([r])
@@ -203,6 +205,10 @@ class SlackSink:
     # -- deliveries ---------------------------------------------------------------------------------------------
 
     def _fire(self, rows: list[Claimed], ledger: Ledger) -> dict[int, Result]:
+        if len(rows) == 1 and rows[0].payload.get("incident_of") and self.mode == "token":
+            joined = self._join_incident(rows[0], ledger)
+            if joined is not None:
+                return {rows[0].id: joined}
         results: dict[int, Result] = {}
         todo = rows
         if any(r.maybe_sent for r in rows):
@@ -220,6 +226,21 @@ class SlackSink:
         for r in todo:
             results[r.id] = sent(ref)
         return results
+
+    def _join_incident(self, row: Claimed, ledger: Ledger) -> Result | None:
+        """Post a fire as a reply in the thread of the message that opened its incident; None when that message
+        is not there (silenced, failed): the fire is then a message of its own."""
+        top, waiting = ledger.incident_thread(row.payload["incident_of"], row.sink, row.target)
+        if top is None:
+            return defer("waiting for the incident's first message to be sent") if waiting else None
+        if row.maybe_sent:
+            found = self._find_posted(ledger, [row], thread_ts=top["ts"], channel=top["channel"])
+            if row.dedupe_key in found:
+                return sent({**found[row.dedupe_key], "joined": True})
+        text, blks = blocks.incident_reply(row.payload)
+        ref = self._post([row], text, blks, ledger=ledger, channel=top["channel"], thread_ts=top["ts"])
+        ref["joined"] = True
+        return sent(ref)
 
     def _update(self, row: Claimed, ledger: Ledger) -> Result:
         anchor, waiting = ledger.anchor(row)
@@ -252,7 +273,8 @@ class SlackSink:
         if self.mode == "webhook":
             text, blks = blocks.single_message(row.payload)
             return sent(self._post([row], text, blks, ledger=ledger))
-        self._edit_resolved(row, anchor, ledger)
+        if not anchor.get("joined"):  # a reply in an incident's thread has no message of its own to edit
+            self._edit_resolved(row, anchor, ledger)
         if row.maybe_sent:
             found = self._find_posted(ledger, [row], thread_ts=anchor["ts"], channel=anchor["channel"])
             if row.dedupe_key in found:
