@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/rules.py           # everything (about 5 minutes on 2 quiet cores)
     .venv/bin/python benchmarks/rules.py --quick   # shorter runs
+    .venv/bin/python benchmarks/rules.py --many-layers   # only part 5 (about a minute)
 
 The workload is what the hooks send by default for a GPT-style model with 100 parameter tensors: loss, learning
 rate, step time and data wait every step, per-layer gradient norms every 10th step, update ratios and parameter
@@ -16,7 +17,13 @@ Each figure comes with a baseline measured in the same run, and their ratio:
    collector storing the same batches without rules, on SQLite and PostgreSQL;
 4. time from a batch carrying a NaN loss arriving at the collector to its diagnosis being stored and
    committed (p50/p99; target < 100 ms), against the same batch without a symptom (no diagnosis), and the
-   rules' part of it, on SQLite and PostgreSQL.
+   rules' part of it, on SQLite and PostgreSQL;
+5. many layers with every-step capture: a GPT-style model with 604 parameter tensors whose hooks send, on
+   every step, each tensor's grad_norm/<p>, grad_norm_max/<p>, update_ratio/<p> and param_norm/<p> (with the
+   parameters' roles), besides loss, lr/0, step_time, data_wait, grad_norm_total(_max) and grad_nonfinite:
+   the rules' CPU per point and per training step in memory, against the same stream for 100 tensors,
+   interleaved batch by batch (a ratio near 1: the cost per point does not grow with the number of layers,
+   so per step it grows linearly with them).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import create_engine, select, text  # noqa: E402
 
 from txwatch.collector.core import Collector  # noqa: E402
-from txwatch.collector.schema import Batch  # noqa: E402
+from txwatch.collector.schema import Batch, RunInfo  # noqa: E402
 from txwatch.rules import Core, RuleEngine, load_rules  # noqa: E402
 from txwatch.store.db import make_engine, session_factory, upgrade  # noqa: E402
 from txwatch.store.models import Diagnosis  # noqa: E402
@@ -50,6 +57,11 @@ LAYERS = [f"transformer.h.{i // 8}.{n}" for i, n in enumerate(
     "transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight", "transformer.ln_f.bias"]
 BATCH_STEPS = 20
 STEP_S = 0.1
+# part 5: 75 blocks of 8 tensors and 4 more, as many as the hooks' overhead benchmark's many-tensor model
+MANY_LAYERS = [f"transformer.h.{i // 8}.{n}" for i, n in enumerate(
+    ["attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias",
+     "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "ln_1.weight"] * 75)] + [
+    "transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight", "transformer.ln_f.bias"]
 
 
 def batch_series(start: int, rng: random.Random, nan_at: int | None = None) -> dict[str, list]:
@@ -249,17 +261,115 @@ def latency(rules, quick: bool) -> None:
         engine.dispose()
 
 
+def _kind(layer: str) -> str:
+    if layer.endswith(("wte.weight", "wpe.weight")):
+        return "embedding"
+    if ".ln_" in layer:
+        return "norm"
+    return "bias" if layer.endswith(".bias") else "weight"
+
+
+def dense_info(layers: list[str]) -> dict:
+    """The run's info as the hooks send it: each parameter's role and its param group."""
+    return {"params": [{"name": n, "kind": _kind(n), "group": 0, "requires_grad": True} for n in layers],
+            "param_groups": [{"index": 0, "optimizer": 0}]}
+
+
+def dense_series(layers: list[str], start: int, rng: random.Random) -> dict[str, list]:
+    """Every-step capture (grad_every=1, update ratios every step) for steps [start, start + BATCH_STEPS)."""
+    out: dict[str, list] = {}
+
+    def add(name: str, step: int, value: float) -> None:
+        out.setdefault(name, []).append((step, T0 + step * STEP_S, value))
+
+    for s in range(start, start + BATCH_STEPS):
+        add("loss", s, 2.0 + 3.0 / (1 + s / 500) + rng.gauss(0, 0.05))
+        add("lr/0", s, 3e-4 * min(1.0, (s + 1) / 200))
+        add("step_time", s, 0.1 + rng.random() * 0.01)
+        add("data_wait", s, 0.003)
+        add("data_wait_share", s, 0.03)
+        total = 0.0
+        for i, layer in enumerate(layers):
+            g = 0.05 * (1 + i % 7) * (1 + rng.gauss(0, 0.1))
+            total += g * g
+            add(f"grad_norm/{layer}", s, g)
+            add(f"grad_norm_max/{layer}", s, g)
+            add(f"update_ratio/{layer}", s, 1e-3 * (1 + rng.gauss(0, 0.1)))
+            add(f"param_norm/{layer}", s, 10.0 + i % 5)
+        add("grad_norm_total", s, total**0.5)
+        add("grad_norm_total_max", s, total**0.5)
+        add("grad_nonfinite", s, 0.0)
+    return out
+
+
+def many_layers(rules, quick: bool) -> None:
+    print(f"5. many layers, every-step capture: {len(MANY_LAYERS)} parameter tensors against {len(LAYERS)}, "
+          "in memory, interleaved (CPU)")
+    steps = 400 if quick else 1000
+    warm = 100  # the first steps, where every buffer is created, are not counted
+    cases = {"many": MANY_LAYERS, "base": LAYERS}
+    cores = {k: Core(rules, {"stall_after_s": 300.0}) for k in cases}
+    states = {k: cores[k].new_state(1) for k in cases}
+    cpu = {k: 0.0 for k in cases}
+    n = {k: 0 for k in cases}
+    rng = {k: random.Random(5) for k in cases}
+    for start in range(0, warm + steps, BATCH_STEPS):
+        for k, layers in cases.items():  # interleaved: both see the same load on a shared machine
+            b = dense_series(layers, start, rng[k])
+            events = [{"kind": "info", "time": T0, "info": dense_info(layers)}] if start == 0 else []
+            c = time.process_time()
+            cores[k].process(states[k], b, events)
+            if start >= warm:
+                cpu[k] += time.process_time() - c
+                n[k] += points(b)
+    us = {k: cpu[k] / n[k] * 1e6 for k in cases}
+    for k in ("base", "many"):
+        print(f"   {len(cases[k]):4d} tensors: {n[k] // steps:5,d} points per step   {us[k]:6.2f} us per point   "
+              f"{cpu[k] / steps * 1000:7.2f} ms of CPU per step")
+    print(f"   ratio per point {len(MANY_LAYERS)} / {len(LAYERS)} tensors: {us['many'] / us['base']:.2f}")
+
+    print(f"   through the collector on SQLite, {len(MANY_LAYERS)} tensors: store + rules + engine state, against "
+          "storing alone, interleaved (CPU)")
+    steps = 100 if quick else 200
+    tmp = tempfile.mkdtemp(prefix="txwatch-bench-rules-")
+    engine = make_engine(f"sqlite:///{tmp}/many.db")
+    upgrade(engine)
+    sf = session_factory(engine)
+    collectors = {"store only": Collector(sf, rules=None), "store + rules": Collector(sf, rules=RuleEngine(rules, sf))}
+    cpu = {k: 0.0 for k in collectors}
+    n = {k: 0 for k in collectors}
+    for i, start in enumerate(range(0, steps, BATCH_STEPS)):
+        for k, collector in collectors.items():
+            series = dense_series(MANY_LAYERS, start, random.Random(start))
+            b = batch(f"many-{k.replace(' ', '-').replace('+', 'and')}", i, series)
+            if i == 0:
+                b.run_info = RunInfo.model_validate(dense_info(MANY_LAYERS))
+            c = time.process_time()
+            collector.ingest(b)
+            cpu[k] += time.process_time() - c
+            n[k] += points(series)
+    for k in collectors:
+        print(f"   {k:14s} {cpu[k] / n[k] * 1e6:6.2f} us per point   {cpu[k] / steps * 1000:7.2f} ms of CPU per step")
+    print(f"   ratio {cpu['store + rules'] / cpu['store only']:.2f}")
+    engine.dispose()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="shorter runs")
+    ap.add_argument("--many-layers", action="store_true", help="only part 5, many layers with every-step capture")
     args = ap.parse_args()
     rules = load_rules([])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{len(rules)} built-in rules; {len(LAYERS)} parameter tensors; batches of {BATCH_STEPS} steps; "
           f"{os.cpu_count()} CPUs, load average {load:.1f} (wall-clock figures suffer when it is above that)")
+    if args.many_layers:
+        many_layers(rules, args.quick)
+        return
     throughput(rules, args.quick)
     through_collector(rules, args.quick)
     latency(rules, args.quick)
+    many_layers(rules, args.quick)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,11 @@ class Core:
             for p in patterns:
                 self._by_pattern[p].append(r)
         self._for_name: dict[str, list[tuple[Rule, str | None]]] = {}
+        # per name, the rules it makes due as (rules evaluated whatever the layer, (rule, layer) pairs); the
+        # first part is one shared tuple for every name with the same rules (all grad_norm/<p> of a model), so
+        # a step merges it once, not once per layer's point
+        self._plan: dict[str, tuple[tuple[Rule, ...], tuple[tuple[Rule, str], ...]]] = {}
+        self._groups: dict[tuple[str, ...], tuple[Rule, ...]] = {}
 
     def new_state(self, run_id: int) -> RunState:
         return RunState(run_id, self.index)
@@ -96,6 +101,18 @@ class Core:
             self._for_name[name] = out
         return out
 
+    def _plan_for(self, name: str) -> tuple[tuple[Rule, ...], tuple[tuple[Rule, str], ...]]:
+        hit = self._plan.get(name)
+        if hit is not None:
+            return hit
+        affected = self.rules_for(name)
+        whole = tuple(r for r, key in affected if key is None)
+        group = self._groups.setdefault(tuple(r.id for r in whole), whole)
+        plan = (group, tuple((r, key) for r, key in affected if key is not None))
+        if len(self._plan) < 200_000:
+            self._plan[name] = plan
+        return plan
+
     # ------------------------------------------------------------ processing
 
     def process(
@@ -112,31 +129,37 @@ class Core:
         events = [ev for ev in events if ev.get("kind") != "info"]
         out: list[Transition] = []
         holds: dict[tuple[str, str | None], tuple[Rule, str | None, int, float]] = {}
-        by_step: dict[int, list[tuple[Any, float, float, list[tuple[Rule, str | None]]]]] = defaultdict(list)
+        by_step: dict[int, list[tuple[Any, float, float, tuple]]] = defaultdict(list)
         for name, points in series.items():
             if name.startswith("lr/"):
                 state.saw_lr(name, points)
             buf = state.buffer_for(name)
             if buf is None:
                 continue
-            affected = self.rules_for(name)
+            plan = self._plan_for(name)
             for p in points:
-                by_step[int(p[0])].append((buf, float(p[1]), float(p[2]), affected))
+                by_step[int(p[0])].append((buf, float(p[1]), float(p[2]), plan))
         facts = state.facts
         for step in sorted(by_step):
             entries = by_step[step]
             tmax = -math.inf
             due: dict[str, tuple[Rule, set[str] | None]] = {}
-            for buf, t, v, affected in entries:
+            merged: set[int] = set()  # the rule groups already made due at this step
+            for buf, t, v, (group, pairs) in entries:
                 buf.add(step, t, v)
                 state.touched(buf)
                 if t > tmax:
                     tmax = t
-                for rule, key in affected:
+                if group and id(group) not in merged:
+                    merged.add(id(group))
+                    for rule in group:
+                        if rule.id not in due:
+                            due[rule.id] = (rule, set() if rule.scope == "layer" else None)
+                for rule, key in pairs:
                     slot = due.get(rule.id)
                     if slot is None:
                         slot = due[rule.id] = (rule, set() if rule.scope == "layer" else None)
-                    if key is not None and slot[1] is not None:
+                    if slot[1] is not None:
                         slot[1].add(key)
             if facts.start_time is None or tmax < facts.start_time:
                 facts.start_time = tmax

@@ -274,6 +274,9 @@ class Compiler:
         reusable = not self.has_state(node.args[0]) and not any(
             isinstance(c, Call) and FUNCTIONS[c.name].group == "run" for c in walk(node)
         )
+        # The same test over the same layers (max_layers and median_layers of one expression, a rule and its
+        # resolve condition, two rules) is one vector of values per step: computed by the first, then shared.
+        shared_key = (node.args[0].text, kinds, patterns) if reusable and not self.trace else None
 
         def fn(ctx: Context, layer: str | None) -> Value:
             if nid in ctx.memo:  # the body binds its own layer, so the result does not depend on an outer one
@@ -287,7 +290,19 @@ class Compiler:
                     ctx.memo[nid] = kept[1]
                     return kept[1]
             keys = view.layer_keys(patterns, kinds)
-            values = [(k, body(ctx, k)) for k in keys]
+            shared = getattr(view, "layer_values", None) if shared_key is not None and ctx.explain is None else None
+            if shared is not None:
+                if versions is None:
+                    versions = tuple(view.family_version.get(p, 0) for p in reads)
+                hit = shared.get(shared_key)
+                # valid for the same step, the same points in the series read, and the same layer list
+                if hit is not None and hit[0] == ctx.step and hit[1] == versions and hit[2] is keys:
+                    values = hit[3]
+                else:
+                    values = [(k, body(ctx, k)) for k in keys]
+                    shared[shared_key] = (ctx.step, versions, keys, values)
+            else:
+                values = [(k, body(ctx, k)) for k in keys]
             if name == "depth_corr":
                 result = _depth_corr(values) if view.facts.params is not None else None
             else:
@@ -426,13 +441,18 @@ def _reduce(name: str, values: list[tuple[str, Value]]) -> Value:
         return None if any(v is None for v in vals) or not vals else True
     if name == "count_layers":
         return float(sum(1 for v in vals if v is True))
+    if name == "max_layers" or name == "min_layers":  # no sort: one pass, the same element sorted() would give
+        best: Value = None
+        for v in vals:
+            if v is None or v != v:
+                continue
+            # sorted()[-1] is the last of equal largest values, sorted()[0] the first of equal smallest
+            if best is None or (v >= best if name == "max_layers" else v < best):
+                best = v
+        return best
     nums = sorted(v for v in vals if v is not None and not _is_nan(v))
     if not nums:
         return None
-    if name == "max_layers":
-        return nums[-1]
-    if name == "min_layers":
-        return nums[0]
     mid = len(nums) // 2  # median_layers
     return nums[mid] if len(nums) % 2 else (nums[mid - 1] + nums[mid]) / 2
 

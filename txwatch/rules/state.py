@@ -76,6 +76,9 @@ class RunState:
         # layer joins, so a per-layer test over unchanged series is not recomputed at every step
         self.family_version: dict[str, int] = {}
         self.quantifier_memo: dict[int, tuple] = {}
+        # a quantifier body's values over its layers at the latest step it was computed, shared by every
+        # quantifier over the same body and layers (``evaluate``): (step, versions, keys, [(key, value)])
+        self.layer_values: dict[tuple, tuple] = {}
 
     # ------------------------------------------------------------ the View protocol
 
@@ -122,6 +125,7 @@ class RunState:
     def roles_changed(self) -> None:
         self._layer_cache.clear()
         self.quantifier_memo.clear()
+        self.layer_values.clear()
 
     # ------------------------------------------------------------ writing
 
