@@ -139,7 +139,7 @@ def test_a_zeroed_layer_is_one_diagnosis_naming_every_dead_layer(sessions):
     onset, batches = recorded("zeroed_layer")
     ingest(sessions, batches)
     dead = [d for d in diagnoses(sessions) if d.rule_id == "dead-layer"]
-    assert len(dead) == 1 and dead[0].state == "firing" and dead[0].episode == 1
+    assert len(dead) == 1 and dead[0].state == "ended" and dead[0].episode == 1  # the run finished with it
     # the zeroed first layer, and the next layer's weight (its input is now all zeros)
     layers = dead[0].evidence.get("first", dead[0].evidence).get("layers", [])
     assert sorted(layers) == ["0.bias", "0.weight", "2.weight"]

@@ -55,6 +55,26 @@ def test_a_nan_loss_fires_one_diagnosis_with_evidence_then_resolves_it(sessions,
     assert notifier.kinds("loss-nonfinite") == ["fire", "resolve"]
 
 
+def test_diagnoses_still_firing_when_the_run_ends_are_closed_as_ended_not_left_firing(sessions, feeder_factory):
+    notifier = RecordingNotifier()
+    feed = feeder_factory(_engine(sessions, notifier))
+    for start in range(0, 60, 10):
+        feed.steps(start, start + 10, loss=nan_after(40))
+    assert _rows(sessions, "loss-nonfinite")[0].state == "firing"
+    feed.send(events=[{"kind": "end", "time": T0 + 100, "step": 59, "status": "crashed",
+                       "error": {"type": "RuntimeError", "message": "boom"}}])
+    [nan] = _rows(sessions, "loss-nonfinite")
+    assert nan.state == "ended" and nan.resolved_step is None  # not firing forever, and not "resolved" either
+    assert nan.evidence["ended"]["reason"] == "the run ended (crashed) at step 59 while this was firing"
+    [crashed] = _rows(sessions, "run-crashed")
+    assert crashed.state == "firing"  # the end itself stays said
+    assert notifier.kinds("loss-nonfinite") == ["fire"]  # an end is not news: no second message
+    feed.send(events=[{"kind": "start", "time": T0 + 200}])  # resumed under the same name
+    for start in range(60, 80, 10):
+        feed.steps(start, start + 10, loss=lambda s: math.nan)
+    assert [(r.episode, r.state) for r in _rows(sessions, "loss-nonfinite")] == [(1, "ended"), (2, "firing")]
+
+
 def test_a_second_episode_is_a_second_row_and_holding_never_adds_rows(sessions, feeder_factory):
     feed = feeder_factory(_engine(sessions))
     values = {**{s: 0.5 for s in range(0, 200)}, **{s: math.nan for s in range(30, 60)}, **{s: math.inf for s in range(120, 140)}}

@@ -30,7 +30,7 @@ from txwatch.alerts.payload import diagnosis_payload
 from txwatch.alerts.routing import Router, Target
 from txwatch.alerts.silences import matching_silence
 from txwatch.rules.incidents import JOIN_STEPS
-from txwatch.store.models import Diagnosis, Notification
+from txwatch.store.models import OPEN_STATES, Diagnosis, Notification
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class Outbox:
                 Notification.kind == "fire",
                 Notification.status.in_(("sending", "sent")),
                 Notification.diagnosis_id != diagnosis.id,
-                or_(Diagnosis.state == "firing", Diagnosis.resolved_step >= first - JOIN_STEPS),
+                or_(Diagnosis.state.in_(OPEN_STATES), Diagnosis.resolved_step >= first - JOIN_STEPS),
             )
             .order_by(Notification.id)
             .limit(50)

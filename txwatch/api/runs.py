@@ -38,7 +38,7 @@ ProjectName = Annotated[str, Path(pattern=NAME_PATTERN, description="project nam
 RunName = Annotated[str, Path(pattern=NAME_PATTERN, description="run name")]
 Status = Literal["running", "finished", "crashed", "stalled", "vanished"]
 Severity = Literal["critical", "warning", "info"]
-State = Literal["pending", "firing", "resolved"]
+State = Literal["pending", "firing", "resolved", "ended"]
 
 
 def _run(session, project: str, run: str):

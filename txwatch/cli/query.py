@@ -51,6 +51,7 @@ class Severity(str, Enum):
 class State(str, Enum):
     firing = "firing"
     resolved = "resolved"
+    ended = "ended"
 
 
 def _value(choice: Enum | None) -> str | None:
@@ -273,7 +274,7 @@ def diagnoses(
     project: Optional[str] = typer.Option(None, "--project", help="Only this project."),
     rule: Optional[str] = typer.Option(None, "--rule", help="Only this rule id."),
     severity: Optional[Severity] = typer.Option(None, "--severity", help="Only this severity."),
-    state: Optional[State] = typer.Option(None, "--state", help="Only firing or only resolved ones."),
+    state: Optional[State] = typer.Option(None, "--state", help="Only firing, resolved, or ended ones (the run ended while they were firing)."),
     endpoint: Endpoint = None, db: Db = None, token: Token = None, as_json: AsJson = False, as_csv: AsCsv = False,
 ) -> None:
     """List diagnoses (newest first): what went wrong, the likely cause and the fix."""

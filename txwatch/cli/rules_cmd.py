@@ -24,7 +24,7 @@ RULES = typer.Option(None, "--rules", help="A folder (or file) of your own rules
 NO_BUILTIN = typer.Option(False, "--no-builtin", help="Leave out the built-in rules.")
 JSON = typer.Option(False, "--json", help="Print JSON.")
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
-STATE_STYLE = {"firing": "bold red", "pending": "yellow", "resolved": "green", "cancelled": "dim"}
+STATE_STYLE = {"firing": "bold red", "pending": "yellow", "resolved": "green", "cancelled": "dim", "ended": "red"}
 
 
 def _load(rules: Optional[list[Path]], no_builtin: bool):

@@ -31,7 +31,7 @@ UPDATE_INTERVAL_S = 300.0
 class Transition:
     """Something that happened to a (rule, layer) at a step."""
 
-    kind: str  # pending | fire | update | cancel | resolve
+    kind: str  # pending | fire | update | cancel | resolve | end (the run ended while it was firing)
     rule: Rule
     layer: str | None
     step: int
@@ -175,13 +175,42 @@ class Core:
                     for key in sorted(layers):
                         self._evaluate(state, rule, key, step, tmax, out, holds)
         if events:
+            was_running = facts.status == "running"
             self._apply_events(state, events)
             step = facts.end_step if facts.end_step is not None else state.max_step
             now = facts.last_time or 0.0
             for rule in self.run_rules:
                 self._evaluate(state, rule, None, step, now, out, holds)
+            if was_running and facts.status != "running":
+                self._close_at_end(state, step, now, out, holds)
         self._updates(state, holds, out)
         return out
+
+    def _close_at_end(
+        self,
+        state: RunState,
+        step: int,
+        time: float,
+        out: list[Transition],
+        holds: dict[tuple[str, str | None], tuple[Rule, str | None, int, float]],
+    ) -> None:
+        """The run ended: the diagnoses of its series that are still firing are closed as ended (not left firing
+        forever, not called resolved), and pending ones are dropped. Those about the end itself (run-crashed,
+        out-of-memory) stay as they are."""
+        by_id = {r.id: r for r in self.series_rules}
+        status = state.facts.status
+        for key, t in state.trackers.items():
+            rule_id, _, layer_key = key.partition("|")
+            rule = by_id.get(rule_id)
+            if rule is None or t.state == "inactive":
+                continue
+            layer = layer_key or None
+            if t.state == "firing":
+                out.append(Transition("end", rule, layer, step, time, t.episode,
+                                      f"the run ended ({status}) at step {step} while this was firing"))
+                holds.pop((rule.id, layer), None)
+            t.state = "inactive"  # the stored row is closed from the transition (persistence.apply_transitions)
+            t.clear_step = t.clear_time = None
 
     def _apply_events(self, state: RunState, events: Iterable[Mapping[str, Any]]) -> None:
         facts = state.facts

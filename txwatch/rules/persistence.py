@@ -226,7 +226,7 @@ def apply_transitions(
     """Write the diagnoses rows for ``transitions`` and tell the notifier, in the caller's transaction."""
     changes: list[DiagnosisChange] = []
     for tr in transitions:
-        if tr.kind not in ("fire", "update", "resolve"):
+        if tr.kind not in ("fire", "update", "resolve", "end"):
             continue  # pending and cancelled live in the engine state only
         layer = tr.layer if tr.layer is not None else RUN_LAYER_NONE
         tracker = state.tracker(tr.rule.id, tr.layer) if state is not None else None
@@ -269,7 +269,13 @@ def apply_transitions(
                 continue
             row.last_step = max(row.last_step or tr.step, tr.step)
             row.last_seen = when
-            if tr.kind == "resolve":
+            if tr.kind == "end":
+                # the run ended while it was firing: closed as ended, with the figures it last showed
+                row.state = "ended"
+                row.evidence = {**(row.evidence or {}), "ended": {"step": tr.step, "reason": tr.reason}}
+                if tracker is not None:
+                    tracker.diagnosis_id = None
+            elif tr.kind == "resolve":
                 # keep the figures that showed the problem; add how it went away
                 row.state = "resolved"
                 row.resolved_step = tr.step
@@ -284,7 +290,7 @@ def apply_transitions(
                 row.evidence = {**evidence, "first": first}
                 row.reason = tr.reason
             session.flush()
-        notify = tr.kind != "update" or tr.notify
+        notify = tr.kind in ("fire", "resolve") or (tr.kind == "update" and tr.notify)  # an end is not news
         if notify:
             notify_safely(session, notifier, row, tr.kind)
         changes.append(

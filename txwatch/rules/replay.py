@@ -20,7 +20,7 @@ from txwatch.store.codec import decode
 from txwatch.store.models import Point, Project, Run, Series
 
 CHUNK_STEPS = 500  # steps per simulated batch; results do not depend on it (evaluation is per step)
-STATE_NAMES = {"pending": "pending", "fire": "firing", "resolve": "resolved", "cancel": "cancelled"}
+STATE_NAMES = {"pending": "pending", "fire": "firing", "resolve": "resolved", "cancel": "cancelled", "end": "ended"}
 
 
 class Replayed(NamedTuple):
@@ -28,7 +28,7 @@ class Replayed(NamedTuple):
 
     step: int
     rule: str
-    state: str  # pending | firing | resolved | cancelled
+    state: str  # pending | firing | resolved | cancelled | ended
     reason: str
     layer: str | None = None
     evidence: dict[str, Any] = {}

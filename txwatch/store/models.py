@@ -25,6 +25,8 @@ from sqlalchemy.types import DateTime
 
 NAME_LEN = 200
 RUN_LAYER_NONE = ""  # diagnoses that are not about one layer store "" so the unique key holds in every database
+# diagnoses not resolved: still firing, or closed as ended because their run ended while they were firing
+OPEN_STATES = ("firing", "ended")
 
 
 class Base(DeclarativeBase):
@@ -158,7 +160,7 @@ class Diagnosis(Base):
     rule_id: Mapped[str] = mapped_column(String(100))
     layer: Mapped[str] = mapped_column(String(NAME_LEN * 2), default=RUN_LAYER_NONE)
     episode: Mapped[int] = mapped_column(Integer, default=1)
-    state: Mapped[str] = mapped_column(String(10))  # pending | firing | resolved
+    state: Mapped[str] = mapped_column(String(10))  # pending | firing | resolved | ended (the run ended first)
     severity: Mapped[str] = mapped_column(String(10))  # info | warning | critical
     symptom: Mapped[str] = mapped_column(Text)
     cause: Mapped[str] = mapped_column(Text)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from txwatch.store import search
 from txwatch.store.codec import NAN, decode
-from txwatch.store.models import Diagnosis, Notification, Project, Run, RUN_LAYER_NONE, Series
+from txwatch.store.models import OPEN_STATES, Diagnosis, Notification, Project, Run, RUN_LAYER_NONE, Series
 
 DEFAULT_RUN_LIMIT = 100
 MAX_RUN_LIMIT = 10_000
@@ -149,7 +149,7 @@ def run_detail(session: Session, run: Run, project_name: str) -> dict[str, Any]:
     firing = _firing(session, [run.id]).get(run.id, _zero())
     diags = session.execute(
         select(Diagnosis.rule_id, Diagnosis.severity, Diagnosis.layer, Diagnosis.symptom, Diagnosis.first_step)
-        .where(Diagnosis.run_id == run.id, Diagnosis.state == "firing")
+        .where(Diagnosis.run_id == run.id, Diagnosis.state.in_(OPEN_STATES))
         .order_by(Diagnosis.first_seen)
     ).all()
     return _run_dict(run, project_name) | {
@@ -216,7 +216,7 @@ def _firing(session: Session, run_ids: list[int]) -> dict[int, dict[str, int]]:
     out: dict[int, dict[str, int]] = {}
     for run_id, severity, n in session.execute(
         select(Diagnosis.run_id, Diagnosis.severity, func.count())
-        .where(Diagnosis.run_id.in_(run_ids), Diagnosis.state == "firing")
+        .where(Diagnosis.run_id.in_(run_ids), Diagnosis.state.in_(OPEN_STATES))
         .group_by(Diagnosis.run_id, Diagnosis.severity)
     ):
         out.setdefault(run_id, _zero())[severity] = n
