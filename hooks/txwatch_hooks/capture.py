@@ -180,6 +180,7 @@ class Capture:
         self._forward_listeners.append(listener)
 
     def close(self) -> None:
+        self._report_trailing_skips()
         self._closed = True
         if self._forwards is not None:
             self._forwards.close()
@@ -200,6 +201,18 @@ class Capture:
         self._snapshot = None
         self._pending = None
         self._pending_scale = (None, None)
+
+    def _report_trailing_skips(self) -> None:
+        """The GradScaler's skips after the last optimizer step (``ScalerWatch.trailing``), at that step: a run
+        whose every later iteration overflowed ends with its collapsed scale on record."""
+        if self._closed or self.scaler is None or not self.model_metrics or self.guard.is_off("loss scaling"):
+            return
+        try:
+            values = self.scaler.trailing()
+            if values:
+                self._submit(Points(self.step, time.time(), values))
+        except Exception as exc:
+            self.guard.fail("loss scaling", exc, disable=False)
 
     def set_step(self, step: int) -> None:
         self.step = step

@@ -108,6 +108,21 @@ class ScalerWatch:
         step: it skipped them (under Lightning or transformers the step count moved on regardless)."""
         return iteration is not None and iteration != self.iteration()
 
+    def trailing(self) -> dict[str, float] | None:
+        """At the end of the run: the iterations the scaler closed after the last optimizer step were all
+        skipped (a plain optimizer is not stepped, so no step reports them: a scale collapsing toward 0 that
+        ended the run would go unseen). Returns ``{scaler_skipped, loss_scale}`` counting them, or None when
+        there are none. Reads the scale (a sync): for the end only."""
+        tensor = self.scaler._get_scale_async()
+        version = _version(tensor)
+        if version is None or (self._tensor is not None and tensor is not self._tensor):
+            return None
+        trailing = version - self._last - 1
+        if trailing <= 0:
+            return None
+        total = self._skips + trailing + (to_float(self._fused_skips) if self._fused_skips is not None else 0.0)
+        return {wire.SCALER_SKIPPED: float(total), wire.LOSS_SCALE: to_float(tensor)}
+
     def sample(self, scale: torch.Tensor | None, found: torch.Tensor | None) -> ScalerSample:
         return ScalerSample(scale, found, self._skips, self._fused_skips)
 

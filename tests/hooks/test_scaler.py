@@ -156,3 +156,46 @@ def test_a_scaler_that_is_not_one_is_refused_at_once(tiny, bad):
         txwatch_hooks.watch(tiny, scaler=bad, **FAST)
     with pytest.raises(TypeError, match="scaler must be a torch.amp.GradScaler"):
         check_kwargs({"run": "r", "scaler": bad})  # what the framework callbacks run when they are made
+
+
+def test_iterations_skipped_after_the_last_step_are_reported_when_the_run_ends(tiny, sink):
+    """Every iteration overflows from the 4th on: a plain optimizer is never stepped again, so no step reports
+    the skips. Closing the run reports them at the last step (the store keeps the later value of a step), or a
+    scale collapsing toward 0 would end the run unseen."""
+    opt = torch.optim.AdamW(tiny.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu")
+    iterations, good = 24, 3
+    with txwatch_hooks.watch(tiny, opt, sender=sink, scaler=scaler, **FAST) as mon:
+        for i in range(1, iterations + 1):
+            x, y = batch_of(seed=i)
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = torch.nn.functional.mse_loss(tiny(x), y)
+            if i > good:
+                loss = loss * math.inf
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+        assert mon.step == good
+    final_scale = scaler.get_scale()
+    assert final_scale == 65536.0 * 0.5 ** (iterations - good) < 1
+    scale, skipped = sink.series("loss_scale"), sink.series("scaler_skipped")
+    assert scale[-1] == (good, final_scale)
+    assert skipped[-1] == (good, float(iterations - good))
+    assert all(v >= 1024 for _, v in scale[:-1])  # what the steps themselves reported
+
+
+def test_nothing_more_is_reported_at_the_end_when_the_last_iteration_stepped(tiny, sink):
+    opt = torch.optim.AdamW(tiny.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu")
+    with txwatch_hooks.watch(tiny, opt, sender=sink, scaler=scaler, **FAST):
+        for i in range(1, 6):
+            x, y = batch_of(seed=i)
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = torch.nn.functional.mse_loss(tiny(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+    # the sampled steps carry the scaler's figures, each once: the end adds nothing
+    assert len(points(sink, "loss_scale")) == len(points(sink, "scaler_skipped")) >= 2
