@@ -17,7 +17,7 @@ BUILTIN_IDS = {
     "out-of-memory", "memory-pressure", "loss-nonfinite", "loss-diverging", "loss-not-decreasing",
     "loss-oscillating", "gradient-explosion", "vanishing-gradients", "dead-layer", "gradient-imbalance",
     "update-ratio-high", "update-ratio-low", "slow-training", "overfitting", "no-warmup", "run-stalled",
-    "run-crashed", "fp16-overflow", "lr-jump", "preflight-failed", "preflight-warned",
+    "run-crashed", "fp16-overflow", "lr-jump", "preflight-failed", "preflight-warned", "unscaled-inputs",
 }
 
 
@@ -193,6 +193,35 @@ def test_a_spike_between_two_samples_is_seen_at_the_next_one():
 def test_gradient_explosion_near_miss_one_odd_batch_is_not_an_explosion():
     norms = curve(100, lambda s: 1.0, 0.1) + [50.0] + curve(20, lambda s: 1.0, 0.1, seed=1)
     assert "gradient-explosion" not in run_rules({"grad_norm_total": points(norms)}).ids()
+
+
+def test_gradient_explosion_near_miss_a_norm_growing_while_the_loss_falls_fast_is_learning():
+    # a fine-tune starting to learn: its gradient norm grows 20x while its loss halves every 50 steps
+    norms = curve(20, lambda s: 0.5, 0.05) + [10.0] * 10
+    loss = curve(300, lambda s: 1.4 * 0.5 ** (s / 50) + 0.1, 0.01)
+    series = {"grad_norm_total": points(norms, every=10), "loss": points(loss)}
+    assert "gradient-explosion" not in run_rules(series).ids()
+    # the same growth with the loss stuck is an explosion
+    series["loss"] = points(curve(300, lambda s: 1.0, 0.01))
+    assert "gradient-explosion" in run_rules(series).ids()
+
+
+def test_unscaled_inputs_fires_on_a_huge_gradient_at_the_first_step_naming_the_layers():
+    layers = {"grad_norm/0.weight": points([900.0] + [400.0] * 29), "grad_norm/2.weight": points([3.0] * 30),
+              "grad_norm/0.bias": points([50.0] * 30)}
+    series = {"grad_norm_total": points([1500.0] + [600.0] * 29), "loss": points([480.0] + [100.0] * 29), **layers}
+    run = run_rules(series, info={"params": [{"name": n.split("/")[1], "kind": "bias" if "bias" in n else "weight"}
+                                             for n in layers]})
+    fire = run.first_fire("unscaled-inputs")
+    assert fire is not None and fire.step == 1
+    assert fire.reason.startswith("the total gradient norm was 1500 at its first sample")
+    assert "the loss started at 480" in fire.reason and "0.weight" in fire.reason and "2.weight" not in fire.reason
+
+
+def test_unscaled_inputs_near_miss_a_gradient_that_grows_later_is_not_the_inputs():
+    # normal at step 1 (38: the largest first norm of any run in the corpus), huge later: the LR's doing
+    series = {"grad_norm_total": points([38.0] + [5.0] * 20 + [2000.0] * 9)}
+    assert "unscaled-inputs" not in run_rules(series).ids()
 
 
 def test_gradient_explosion_names_a_layer_beyond_ten_and_not_one_at_eight():

@@ -11,7 +11,7 @@ from txwatch.cli import main
 def test_rules_list_shows_every_loaded_rule(capsys, tmp_path):
     assert main(["rules", "list"]) == 0
     out = capsys.readouterr().out
-    assert "21 rules" in out and "loss-diverging" in out and "built-in" in out
+    assert "22 rules" in out and "loss-diverging" in out and "built-in" in out
 
     (tmp_path / "mine.yaml").write_text(
         "id: val-acc-low\nsymptom: Validation accuracy is low\ncause: c\nfix: [f]\nseverity: info\n"
@@ -36,7 +36,7 @@ def test_rules_check_accepts_the_shipped_rules(capsys):
     from txwatch.rules import builtin_dir
 
     assert main(["rules", "check", str(builtin_dir())]) == 0
-    assert capsys.readouterr().out.startswith("21 rules OK: dead-layer, fp16-overflow, gradient-explosion")
+    assert capsys.readouterr().out.startswith("22 rules OK: dead-layer, fp16-overflow, gradient-explosion")
 
 
 def test_rules_check_of_an_empty_folder_says_so(capsys, tmp_path):

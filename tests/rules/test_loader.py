@@ -139,4 +139,4 @@ def test_the_builtin_rules_folder_is_the_repository_rules_folder():
 
     shipped = sorted(p.name for p in builtin_dir().glob("*.yaml"))
     repo = sorted(p.name for p in (Path(__file__).parents[2] / "rules").glob("*.yaml"))
-    assert shipped == repo and len(shipped) == 21
+    assert shipped == repo and len(shipped) == 22

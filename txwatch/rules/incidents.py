@@ -46,6 +46,9 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
     "run-crashed": ("run-stalled",),
     "fp16-overflow": ("loss-nonfinite", "loss-diverging", "gradient-explosion", "update-ratio-high",
                       "loss-oscillating", "gradient-imbalance"),
+    # a huge gradient at step 1, before any update: the data, the loss or the init, whatever the LR does later
+    "unscaled-inputs": ("gradient-explosion", "gradient-imbalance", "loss-diverging", "loss-nonfinite",
+                        "update-ratio-high", "loss-oscillating", "dead-layer"),
     "lr-jump": ("update-ratio-high", "loss-oscillating", "loss-diverging") + _LR_CONSEQUENCES,
     "no-warmup": ("update-ratio-high", "loss-diverging", "gradient-explosion", "loss-nonfinite",
                   "loss-oscillating", "gradient-imbalance", "vanishing-gradients", "dead-layer"),
@@ -71,7 +74,8 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
 BEFORE_TRAINING = ("preflight-failed", "preflight-warned")
 
 # who leads when the causal order leaves a tie (or a loop): the more upstream cause first
-ORDER = ("preflight-failed", "preflight-warned", "out-of-memory", "run-crashed", "fp16-overflow", "lr-jump", "no-warmup", "update-ratio-high",
+ORDER = ("preflight-failed", "preflight-warned", "out-of-memory", "run-crashed", "fp16-overflow", "unscaled-inputs",
+         "lr-jump", "no-warmup", "update-ratio-high",
          "update-ratio-low", "vanishing-gradients", "dead-layer", "gradient-imbalance", "loss-oscillating",
          "gradient-explosion", "loss-diverging", "slow-training", "overfitting", "loss-not-decreasing",
          "loss-nonfinite", "memory-pressure", "run-stalled")
