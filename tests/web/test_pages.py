@@ -298,6 +298,55 @@ def test_healthy_run_page_shows_no_warning(world, page):
     screenshot(page, f"run-{world.db}-healthy")
 
 
+# -- incidents: the root cause first ------------------------------------------------------------------------
+
+
+def _incidents(world: World, run: str) -> list[dict]:
+    resp = httpx.get(f"{world.url}/api/v1/runs/{quote(PROJECT)}/{quote(run)}/incidents", timeout=10)
+    resp.raise_for_status()
+    return resp.json()["incidents"]
+
+
+def test_the_faulty_run_shows_each_incident_with_its_root_cause_fix_and_consequences(world, page):
+    incidents = _incidents(world, world.faulty.run)
+    assert incidents and incidents[0]["primary"], incidents
+    open_run(page, world, world.faulty.run)
+    box = page.locator("#run-incidents")
+    assert box.is_visible()
+    shown = box.locator(".incident")
+    assert shown.count() == len(incidents)
+    for i, inc in enumerate(incidents):
+        item = shown.nth(i)
+        assert item.get_attribute("data-primary") == inc["primary"]["rule"]
+        text = item.inner_text()
+        assert f"Incident {inc['number']}" in text
+        cause = text.split("Root cause:", 1)[1]
+        assert cause.lstrip().startswith(inc["primary"]["rule"])  # the root cause leads
+        assert inc["primary"]["reason"] in text
+        for step in inc["fix"]:
+            assert str(step) in text
+        for consequence in inc["consequences"]:
+            assert consequence["rule"] in text.split("Consequences:", 1)[1]
+    # both trainings have finished: an incident still open is unresolved when the run ended, not "open"
+    for i, inc in enumerate(incidents):
+        if inc["state"] == "open":
+            assert "unresolved when the run ended" in shown.nth(i).inner_text()
+    # the root cause's rule opens its diagnosis in the list below
+    first = incidents[0]["primary"]
+    shown.first.locator(".incident-cause a.rule-link").click()
+    detail = page.locator(f"#diag-{first['id']}")
+    assert detail.get_attribute("open") is not None
+    assert first["rule"] in detail.inner_text()
+    screenshot(page, f"run-{world.db}-incidents")
+
+
+def test_a_healthy_run_shows_no_incident(world, page):
+    assert _incidents(world, world.healthy.run) == []
+    open_run(page, world, world.healthy.run)
+    assert page.locator("#run-incidents").is_hidden()
+    assert page.locator("#run-incidents .incident").count() == 0
+
+
 LONG_STEPS, SPIKE_STEP = 6_000, 4_321
 
 

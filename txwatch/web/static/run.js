@@ -18,7 +18,7 @@
   const LAYER_PREFIXES = new Set(["grad_norm", "param_norm", "update_ratio", "lr", "gpu_util", "gpu_mem_used", "gpu_mem_total", "cuda_mem_allocated", "cuda_mem_reserved", "cuda_mem_peak", "preflight"]);  // preflight/<check>: the Preflight card shows them
 
   const body = document.body;
-  const state = { project: body.dataset.project, run: body.dataset.run, status: null, window: null, seriesNames: [], diagnoses: [] };
+  const state = { project: body.dataset.project, run: body.dataset.run, status: null, window: null, seriesNames: [], diagnoses: [], incidents: [] };
 
   // ---------- loading ----------
 
@@ -126,19 +126,48 @@
     document.getElementById("config-count").textContent = rows.length ? `(${rows.length})` : "";
   }
 
+  // Incidents: the diagnoses that overlapped in time, led by the root cause (the causal order of docs/rules.md)
+  // and its fix, the rest listed as its consequences. A click on a rule opens its diagnosis below.
+  function renderIncidents() {
+    const box = document.getElementById("run-incidents");
+    const ended = state.status !== null && state.status !== "running";
+    const step = (s) => (s === null || s === undefined ? "" : `step ${s}`);
+    const ruleLink = (e) => el("a", { href: `#diag-${e.id}`, class: "rule-link", onclick: () => openDiagnosis({ id: e.id }) },
+      el("code", { class: "rule" }, e.rule), e.layer ? el("code", { class: "layer" }, e.layer) : null);
+    box.replaceChildren(...state.incidents.map((inc) => {
+      const p = inc.primary;
+      const span = inc.state === "open" ? (ended ? `steps ${inc.first_step}-, unresolved when the run ended` : `since step ${inc.first_step}, open`)
+        : `steps ${inc.first_step}-${inc.resolved_step}, resolved`;
+      return el("div", { class: `incident sev-border-${inc.severity}`, dataset: { number: String(inc.number), primary: p ? p.rule : "", state: inc.state } },
+        el("div", { class: "incident-head" },
+          el("span", { class: `badge sev-${inc.severity}` }, inc.severity),
+          el("strong", {}, ` Incident ${inc.number}`),
+          el("span", { class: "muted" }, ` ${span}`)),
+        p ? el("p", { class: "incident-cause" }, el("b", {}, "Root cause: "), ruleLink(p), el("span", { class: "muted" }, ` ${step(p.first_step)}`), " ", p.reason) : null,
+        inc.note ? el("p", { class: "incident-note muted" }, inc.note) : null,
+        inc.fix.length ? el("div", { class: "fix" }, el("b", {}, "Fix first:"), el("ol", {}, inc.fix.map((f) => el("li", {}, typeof f === "string" ? f : JSON.stringify(f))))) : null,
+        inc.consequences.length ? el("p", { class: "incident-consequences" }, el("b", {}, "Consequences: "),
+          ...inc.consequences.flatMap((e, i) => [i ? ", " : "", ruleLink(e), el("span", { class: "muted" }, ` ${step(e.first_step)}`)])) : null);
+    }));
+    box.hidden = state.incidents.length === 0;
+  }
+
   // One line per diagnosis (most serious first); a click opens its symptom, cause, fix and evidence.
   function renderDiagnoses() {
     const box = document.getElementById("run-diagnoses");
     const ds = state.diagnoses;
     const firing = ds.filter((d) => d.state === "firing");
+    const ended = ds.filter((d) => d.state === "ended");
+    const open = firing.length ? firing : ended;
     document.getElementById("diag-summary").replaceChildren(
-      ds.length ? T.severityBadges(countBy(firing)) : "",
-      ds.length ? el("span", { class: "muted" }, ` ${firing.length} firing, ${ds.length} in all`) : el("span", { class: "muted" }, "none"));
-    const open = new Set(Array.from(box.querySelectorAll("details[open]")).map((n) => n.id));
-    const rank = (d) => (d.state === "firing" ? 0 : d.state === "pending" ? 1 : 2) * 10 + T.SEVERITIES.indexOf(d.severity);
+      ds.length ? T.severityBadges(countBy(open)) : "",
+      ds.length ? el("span", { class: "muted" }, ` ${firing.length} firing, ${ended.length ? `${ended.length} still firing when the run ended, ` : ""}${ds.length} in all`)
+        : el("span", { class: "muted" }, "none"));
+    const opened = new Set(Array.from(box.querySelectorAll("details[open]")).map((n) => n.id));
+    const rank = (d) => (d.state === "firing" || d.state === "ended" ? 0 : d.state === "pending" ? 1 : 2) * 10 + T.SEVERITIES.indexOf(d.severity);
     const sorted = [...ds].sort((a, b) => rank(a) - rank(b) || (a.step ?? 0) - (b.step ?? 0));
     box.replaceChildren(...sorted.map((d) => {
-      const item = el("details", { class: `diag-item row-${d.state}`, id: `diag-${d.id}`, open: open.has(`diag-${d.id}`),
+      const item = el("details", { class: `diag-item row-${d.state}`, id: `diag-${d.id}`, open: opened.has(`diag-${d.id}`),
         dataset: { rule: d.rule || "", step: String(d.step ?? ""), state: d.state, severity: d.severity } },
         el("summary", {},
           el("span", { class: `badge sev-${d.severity}` }, d.severity),
@@ -382,13 +411,16 @@
       await resolveProject();
       const base = runApi(state.project, state.run);
       const dq = new URLSearchParams({ project: state.project, run: state.run });
-      const [r, idx, ds] = await Promise.all([api(base), api(`${base}/series`), api(`/api/v1/diagnoses?${dq}`)]);
+      const [r, idx, ds, inc] = await Promise.all([api(base), api(`${base}/series`), api(`/api/v1/diagnoses?${dq}`),
+        api(`${base}/incidents`)]);
       renderHeader(r);
       renderConfig(r);
       T.renderPreflight(r);
       state.seriesNames = seriesIndex(idx).map((s) => s.name).sort();
       state.diagnoses = list(ds, "diagnoses").map(diag).sort((a, b) => (a.step ?? 0) - (b.step ?? 0));
+      state.incidents = list(inc, "incidents");
       renderDiagnoses();
+      renderIncidents();
       await drawCharts({ opening: !body.dataset.loaded });
       // Milliseconds from navigation to every chart drawn, for the page-load benchmark.
       if (!body.dataset.loaded) body.dataset.loadMs = performance.now().toFixed(1);
