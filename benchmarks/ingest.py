@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from txwatch.collector.core import Collector  # noqa: E402
-from txwatch.collector.schema import Batch  # noqa: E402
+from txwatch.wire.batch import Batch  # noqa: E402
 from txwatch.store.db import make_engine, session_factory, upgrade  # noqa: E402
 
 PG_ADMIN = os.environ.get("TXWATCH_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")

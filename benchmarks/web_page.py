@@ -57,7 +57,7 @@ def _value(name: str, s: int) -> float:
 
 def store_run(collector, run: str, points: int) -> int:
     """Ingest one run of ``points`` steps in wire-format batches; returns the number of points stored."""
-    from txwatch.collector.schema import Batch
+    from txwatch.wire.batch import Batch
 
     t0 = 1.7e9
     seq, total = 0, 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.alerts.slack_standin import TOKEN
 from tests.collector.batches import batch, steps
-from txwatch.collector.schema import Batch
+from txwatch.wire.batch import Batch
 from txwatch.services import build_services
 from txwatch.settings import Settings
 

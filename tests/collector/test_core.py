@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from tests.collector.batches import T0, batch, steps
 from txwatch.collector.core import Collector
-from txwatch.collector.schema import Batch
+from txwatch.wire.batch import Batch
 from txwatch.store import downsample, queries
 from txwatch.store.db import make_engine, session_factory, upgrade
 from txwatch.store.models import Point, Rollup, Run, Series

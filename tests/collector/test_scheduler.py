@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from tests.collector.batches import batch, steps
-from txwatch.collector.schema import Batch
+from txwatch.wire.batch import Batch
 from txwatch.scheduler import Scheduler
 from txwatch.services import build_services
 from txwatch.settings import Settings

@@ -12,7 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import txwatch_hooks
-from txwatch.collector.schema import Batch
+from txwatch.wire.batch import Batch
 from txwatch_hooks import records
 from tests.hooks.conftest import FAST, batch_of, points
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import txwatch_hooks
-from txwatch.collector.schema import Batch
+from txwatch.wire.batch import Batch
 from txwatch_hooks import roles, wire
 from tests.hooks.conftest import FAST
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from txwatch.collector.core import Collector
-from txwatch.collector.schema import Batch
+from txwatch.wire.batch import Batch
 from txwatch.store.db import session_factory as make_session_factory
 
 T0 = 1_764_393_000.0

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from tests.rules import scenarios
 from txwatch.collector.core import Collector
-from txwatch.collector.schema import Batch
+from txwatch.wire.batch import Batch
 from txwatch.rules import build_engine
 from txwatch.settings import Settings
 from txwatch.store.models import Diagnosis, Run

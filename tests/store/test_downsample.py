@@ -9,7 +9,7 @@ import pytest
 
 from tests.collector.batches import T0, batch
 from txwatch.collector.core import Collector
-from txwatch.collector.schema import Batch
+from txwatch.wire.batch import Batch
 from txwatch.store import downsample, queries, rollup
 from txwatch.store.db import session_factory
 

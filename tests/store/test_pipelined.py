@@ -9,7 +9,7 @@ from sqlalchemy import select, text
 
 from tests.collector.batches import T0, batch, steps
 from txwatch.collector.core import Collector
-from txwatch.collector.schema import Batch
+from txwatch.wire.batch import Batch
 from txwatch.store import pipelined
 from txwatch.store.db import make_engine, session_factory, upgrade
 from txwatch.store.models import Point, Rollup, Run, Series

@@ -13,10 +13,11 @@ from starlette.requests import ClientDisconnect
 
 from txwatch import exporter
 from txwatch.api.deps import get_services, require_token
-from txwatch.api.errors import RETRY_AFTER_S, NaNJSONResponse, batch_error, error_response
+from txwatch.api.errors import RETRY_AFTER_S, NaNJSONResponse, error_response
 from txwatch.api.models import ERRORS, ErrorBody, IngestAck
 from txwatch.collector.core import IngestBusy, IngestTimeout
-from txwatch.collector.schema import Batch
+from txwatch.wire.batch import Batch
+from txwatch.wire.problems import batch_error
 from txwatch.services import Services
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from txwatch.collector.schema import MAX_TAGS, Tag
+from txwatch.wire.batch import MAX_TAGS, Tag
 
 
 class ErrorDetail(BaseModel):

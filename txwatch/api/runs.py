@@ -25,7 +25,7 @@ from txwatch.api.models import (
     SeriesPoints,
 )
 from txwatch.api.models import TagChange, Tags
-from txwatch.collector.schema import METRIC_PATTERN, NAME_PATTERN
+from txwatch.wire.batch import METRIC_PATTERN, NAME_PATTERN
 from txwatch.rules.model import RULE_ID_PATTERN
 from txwatch.services import Services
 from txwatch.store import downsample, queries, search, tags

@@ -38,7 +38,7 @@ def tensorboard(
     as_json: bool = typer.Option(False, "--json", help="Print JSON: each run, its series and what would have fired."),
 ) -> None:
     """Store TensorBoard event files as runs and print what txwatch's rules would have fired, and when."""
-    from txwatch.collector.schema import NAME_PATTERN
+    from txwatch.wire.batch import NAME_PATTERN
     from txwatch.importers.tensorboard import ImportProblem, batches, parse_map, read_logdir
 
     if not re.match(NAME_PATTERN, project):
@@ -95,7 +95,7 @@ class _Store:
         self.collector = Collector(self.sessions)
 
     def put(self, wire: list[dict]) -> bool:
-        from txwatch.collector.schema import Batch
+        from txwatch.wire.batch import Batch
 
         for batch in wire:
             self.collector.ingest(Batch.model_validate(batch))

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from txwatch.collector.schema import Batch
+from txwatch.wire.batch import Batch
 from txwatch.store import pipelined
 from txwatch.store.db import disk_full, disk_full_text
 from txwatch.store.ingest import BatchWriter, now_utc

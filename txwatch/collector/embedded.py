@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from txwatch.collector.schema import Batch
+from txwatch.wire.batch import Batch
+from txwatch.wire.problems import batch_error
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ class EmbeddedCollector:
         try:
             parsed = Batch.model_validate(batch)
         except ValidationError as exc:
-            from txwatch.api.errors import batch_error
-
             _, _, message, _ = batch_error(exc.errors(include_url=False))
             self._fail(422, message)
             return False

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from txwatch.collector.schema import METRIC_PATTERN, NAME_PATTERN, SCHEMA_VERSION
+from txwatch.wire.batch import METRIC_PATTERN, NAME_PATTERN, SCHEMA_VERSION
 
 EVENT_FILE = "events.out.tfevents."
 BATCH_POINTS = 50_000  # points per stored batch: well under the ingest limits, a few batches per long run

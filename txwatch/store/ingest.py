@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from txwatch.collector.schema import Batch
+from txwatch.wire.batch import Batch
 from txwatch.store import rollup
 from txwatch.store.codec import json_safe
 from txwatch.store.models import Batch as BatchRow

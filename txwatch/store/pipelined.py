@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from txwatch.collector.schema import Batch
+from txwatch.wire.batch import Batch
 from txwatch.store.ingest import (
     _ROLLUP_MERGE_PG,
     _SERIES_LOCK_PG,

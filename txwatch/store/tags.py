@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from txwatch.collector.schema import MAX_TAGS, TAG_PATTERN
+from txwatch.wire.batch import MAX_TAGS, TAG_PATTERN
 from txwatch.store.models import Run
 
 _TAG = re.compile(TAG_PATTERN)
