@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import select, text, update
 
-from txwatch.exporter import timed_job
+from txwatch import telemetry
 from txwatch.store.models import Run, Series
 
 if TYPE_CHECKING:
@@ -62,6 +63,28 @@ class _Repeats(logging.Filter):
             self._seen.clear()
         self._seen[key] = [now, 0]
         return True
+
+
+def timed_job(job: str, fn: Callable[[], object]) -> Callable[[], object]:
+    """Wrap a background job: time it, count failures, log each distinct failure once, never raise."""
+    seen: set[str] = set()
+
+    def run(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            telemetry.JOB_FAILURES.labels(job).inc()
+            key = f"{exc.__class__.__name__}: {exc}"[:200]
+            if key not in seen:
+                seen.add(key)
+                log.exception("background job %s failed (this error is logged once)", job)
+            return None
+        finally:
+            telemetry.JOB_DURATION.labels(job).observe(time.perf_counter() - started)
+
+    run.__name__ = f"txwatch_job_{job}"
+    return run
 
 
 # APScheduler's own lines go through this logger (a child of ours), rate-limited as above.

@@ -10,7 +10,8 @@ import pytest
 
 from tests.alerts.conftest import change, fire, rows, slack_settings
 from tests.alerts.slack_standin import Reply
-from txwatch.alerts import build_alerting, metrics
+from txwatch import telemetry
+from txwatch.alerts import build_alerting
 from txwatch.alerts.silences import add_silence
 
 ALERTS = "C0ALERTS1"
@@ -258,7 +259,7 @@ def test_a_short_rate_limit_is_waited_out_with_retry_after(sessions, slack, cloc
 
 def test_a_long_rate_limit_goes_back_to_the_outbox_until_retry_after(sessions, slack, clock, alerting_for):
     alerting = alerting_for(slack_settings(slack))
-    before = metrics.value(metrics.RETRIED, sink="slack", reason="ratelimited")
+    before = telemetry.value(telemetry.ALERTS_RETRIED, sink="slack", reason="ratelimited")
     slack.script("chat.postMessage", Reply(status=429, headers={"Retry-After": "120"}, body={"ok": False, "error": "ratelimited"}))
     fire(sessions, alerting)
     started = time.monotonic()
@@ -267,7 +268,7 @@ def test_a_long_rate_limit_goes_back_to_the_outbox_until_retry_after(sessions, s
     [row] = rows(sessions)
     assert row.status == "pending" and "rate limit" in row.error
     assert (row.next_attempt.replace(tzinfo=None) - clock().replace(tzinfo=None)).total_seconds() == pytest.approx(120, abs=1)
-    assert metrics.value(metrics.RETRIED, sink="slack", reason="ratelimited") == before + 1
+    assert telemetry.value(telemetry.ALERTS_RETRIED, sink="slack", reason="ratelimited") == before + 1
     clock.advance(60)
     assert alerting.dispatch_due() == 0
     clock.advance(61)
@@ -333,7 +334,7 @@ def test_a_timed_out_thread_reply_is_not_posted_twice(sessions, slack, clock, al
 
 def test_a_bad_token_fails_once_with_a_clear_reason_and_is_not_retried(sessions, slack, clock, alerting_for, caplog):
     alerting = alerting_for(slack_settings(slack, slack_token="xoxb-wrong-token-000"))
-    before = metrics.value(metrics.FAILED, sink="slack", reason="invalid_auth")
+    before = telemetry.value(telemetry.ALERTS_FAILED, sink="slack", reason="invalid_auth")
     fire(sessions, alerting)
     fire(sessions, alerting, run="run-2")
     with caplog.at_level(logging.INFO, logger="txwatch"):
@@ -343,7 +344,7 @@ def test_a_bad_token_fails_once_with_a_clear_reason_and_is_not_retried(sessions,
         assert row.error.startswith("Slack rejected the bot token (invalid_auth): check TXWATCH_SLACK_TOKEN")
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("txwatch.alerts")]
     assert len(errors) == 1 and "invalid_auth" in errors[0].getMessage()
-    assert metrics.value(metrics.FAILED, sink="slack", reason="invalid_auth") == before + 2
+    assert telemetry.value(telemetry.ALERTS_FAILED, sink="slack", reason="invalid_auth") == before + 2
     calls = len(slack.calls("chat.postMessage"))
     assert calls == 2
     clock.advance(24 * 3600)
@@ -358,7 +359,7 @@ def test_an_unknown_channel_fails_with_the_channel_named(sessions, slack, clock,
     [row] = rows(sessions)
     assert row.status == "failed"
     assert row.error.startswith("Slack channel #no-such-channel was not found (channel_not_found)")
-    assert metrics.value(metrics.FAILED, sink="slack", reason="channel_not_found") >= 1
+    assert telemetry.value(telemetry.ALERTS_FAILED, sink="slack", reason="channel_not_found") >= 1
 
 
 def test_incoming_webhook_mode_posts_fire_update_and_resolve_as_messages(sessions, slack, clock, alerting_for):

@@ -8,7 +8,7 @@ import sys
 from prometheus_client import generate_latest
 
 import txwatch.alerts
-from txwatch.alerts import metrics
+from txwatch import telemetry
 from txwatch.telemetry import REGISTRY
 
 
@@ -27,8 +27,8 @@ def test_importing_alerts_loads_no_slack_or_scheduler():
 
 
 def test_counters_are_on_the_collector_registry():
-    metrics.SENT.labels(sink="surface-test").inc()
-    metrics.FAILED.labels(sink="surface-test", reason="invalid_auth").inc()
+    telemetry.ALERTS_SENT.labels(sink="surface-test").inc()
+    telemetry.ALERTS_FAILED.labels(sink="surface-test", reason="invalid_auth").inc()
     text = generate_latest(REGISTRY).decode()
     assert 'txwatch_alerts_sent_total{sink="surface-test"} 1.0' in text
     assert 'txwatch_alerts_failed_total{reason="invalid_auth",sink="surface-test"} 1.0' in text

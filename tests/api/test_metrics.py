@@ -75,7 +75,7 @@ def test_docs_list_every_exported_metric(client):
             if n.endswith("_created"):
                 continue
             exported.add(re.sub(r"_(bucket|sum|count)$", "", n) if fam.type == "histogram" else n)
-    from txwatch.exporter import EXPORTED_NAMES
+    from txwatch.api.run_metrics import EXPORTED_NAMES
 
     assert exported <= documented, f"exported but not in docs/metrics.md: {sorted(exported - documented)}"
     assert set(EXPORTED_NAMES) <= documented

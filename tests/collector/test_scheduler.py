@@ -84,7 +84,7 @@ def test_jobs_are_scheduled_and_failures_are_counted_not_raised(services):
     assert ("checkpoint" in ids) == (services.db.dialect.name == "sqlite")
     if services.db.dialect.name == "sqlite":
         sched.checkpoint()
-    from txwatch.exporter import timed_job
+    from txwatch.scheduler import timed_job
     from txwatch.telemetry import REGISTRY
 
     before = REGISTRY.get_sample_value("txwatch_job_failures_total", {"job": "boom"}) or 0

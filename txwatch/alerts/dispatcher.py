@@ -25,7 +25,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from txwatch.alerts import metrics
+from txwatch import telemetry
 from txwatch.alerts.clock import Clock, as_utc, utcnow
 from txwatch.alerts.delivery import Claimed, Ledger, Result, Sink, retry
 from txwatch.alerts.redact import SECRETS
@@ -150,7 +150,7 @@ class Dispatcher:
         n.status = "silenced"
         n.attempts -= 1  # not an attempt
         n.error = f"silenced by silence #{silence.id} before it was sent"
-        metrics.SILENCED.labels(sink=n.sink).inc()
+        telemetry.ALERTS_SILENCED.labels(sink=n.sink).inc()
         return True
 
     # -- delivering ---------------------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ class Dispatcher:
     def _outcome(self, sink: str, row: Claimed, res: Result, now: datetime) -> dict:
         detail = SECRETS.text(res.detail)
         if res.status == "sent":
-            metrics.SENT.labels(sink=sink).inc()
+            telemetry.ALERTS_SENT.labels(sink=sink).inc()
             self._logged = {k for k in self._logged if k[0] != sink}  # the sink works again: report the next trouble
             return {"status": "sent", "sent_at": now, "external_ref": res.ref, "error": None}
         if res.status == "defer":
@@ -204,14 +204,14 @@ class Dispatcher:
         if res.status == "silenced":
             return {"status": "silenced", "error": detail}
         if res.status == "retry" and row.attempts < MAX_ATTEMPTS:
-            metrics.RETRIED.labels(sink=sink, reason=res.reason).inc()
+            telemetry.ALERTS_RETRIED.labels(sink=sink, reason=res.reason).inc()
             wait = max(backoff_s(row.attempts), res.retry_after_s or 0.0)
             self._log_once(logging.WARNING, sink, row.target, res.reason,
                            "%s notification to %s not delivered yet (%s); retrying in %.0fs", sink, row.target or "-", detail, wait)
             return {"status": "pending", "next_attempt": now + timedelta(seconds=wait), "error": detail}
         if res.status == "retry":
             detail = f"gave up after {row.attempts} attempts; last error: {detail}"
-        metrics.FAILED.labels(sink=sink, reason=res.reason or "unknown").inc()
+        telemetry.ALERTS_FAILED.labels(sink=sink, reason=res.reason or "unknown").inc()
         self._log_once(logging.ERROR, sink, row.target, res.reason,
                        "%s notification to %s failed and will not be retried: %s", sink, row.target or "-", detail)
         return {"status": "failed", "error": detail}

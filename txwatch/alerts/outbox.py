@@ -23,7 +23,7 @@ from sqlalchemy import event, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from txwatch.alerts import metrics
+from txwatch import telemetry
 from txwatch.alerts.clock import Clock, as_utc, utcnow
 from txwatch.alerts.console import ConsoleSink
 from txwatch.alerts.payload import diagnosis_payload
@@ -117,7 +117,7 @@ class Outbox:
             if insert_ignore(session, values):
                 written += 1
                 if values["status"] == "silenced":
-                    metrics.SILENCED.labels(sink=target.sink).inc()
+                    telemetry.ALERTS_SILENCED.labels(sink=target.sink).inc()
         if self.console is not None and silence is None and kind in ("fire", "resolve"):
             self._queue_console(session, payload)
         return written

@@ -11,6 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from txwatch import telemetry
 from txwatch.api import errors
 from txwatch.services import Services
 
@@ -25,16 +26,16 @@ def create_app(services: Services) -> FastAPI:
     Includes the silences routes (``txwatch.alerts.routes``) and the web page (``txwatch.web``) when those
     packages import; every ``/api`` route checks the bearer token when one is configured.
     """
-    from txwatch import exporter
     from txwatch.api import health, ingest, runs
+    from txwatch.api.run_metrics import RUN_EXPORTER
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        exporter.RUN_EXPORTER.attach(services)
+        RUN_EXPORTER.attach(services)
         try:
             yield
         finally:
-            exporter.RUN_EXPORTER.detach(services)
+            RUN_EXPORTER.detach(services)
 
     app = FastAPI(
         title="txwatch collector",
@@ -101,10 +102,8 @@ class ContentLengthLimit:
         if scope["type"] == "http":
             for name, value in scope.get("headers", ()):
                 if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                    from txwatch import exporter
-
                     if scope.get("path") == "/api/v1/ingest":
-                        exporter.BATCHES_REJECTED.labels("too_large").inc()
+                        telemetry.BATCHES_REJECTED.labels("too_large").inc()
                     response = errors.error_response(
                         413,
                         f"request body larger than {self.limit} bytes (max_body_bytes): send smaller batches "

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from txwatch import telemetry
 from txwatch.wire.problems import details_from
 
 RETRY_AFTER_S = 5  # told to clients when the database is away or the collector busy; the hooks spool and retry
@@ -41,9 +42,7 @@ async def request_validation_handler(request: Request, exc: RequestValidationErr
 async def http_exception_handler(request: Request, exc: StarletteHTTPException):
     detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail, default=str)
     if exc.status_code == 401 and request.url.path == "/api/v1/ingest":
-        from txwatch import exporter
-
-        exporter.BATCHES_REJECTED.labels("unauthorized").inc()
+        telemetry.BATCHES_REJECTED.labels("unauthorized").inc()
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no such route: {request.method} {request.url.path} (the API lives under /api/v1; see /docs)"
     if exc.status_code == 405 and detail == "Method Not Allowed":

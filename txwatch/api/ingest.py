@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import ClientDisconnect
 
-from txwatch import exporter
+from txwatch import telemetry
 from txwatch.api.deps import get_services, require_token
 from txwatch.api.errors import RETRY_AFTER_S, NaNJSONResponse, error_response
 from txwatch.api.models import ERRORS, ErrorBody, IngestAck
@@ -77,7 +77,7 @@ async def ingest(request: Request, services: Services = Depends(get_services)):
     state = request.app.state
     in_flight = getattr(state, "ingest_in_flight", 0)
     if in_flight >= services.settings.ingest_max_in_flight:
-        exporter.BATCHES_REJECTED.labels("busy").inc()
+        telemetry.BATCHES_REJECTED.labels("busy").inc()
         return error_response(
             429, f"the collector is busy ({in_flight} batches being stored); the batch was not stored, "
             f"retry after {RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)},
@@ -93,7 +93,7 @@ async def _ingest(request: Request, services: Services):
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "application/json":
         # Not a formality: a browser sends text/plain (or a form) cross-site without asking first; JSON it does not.
-        exporter.BATCHES_REJECTED.labels("content_type").inc()
+        telemetry.BATCHES_REJECTED.labels("content_type").inc()
         return error_response(
             415, f"send the batch as Content-Type: application/json (got {media_type[:60] or 'none'!r})",
             [{"field": "(header) content-type", "problem": "must be application/json"}],
@@ -102,7 +102,7 @@ async def _ingest(request: Request, services: Services):
     try:
         body = await read_limited(request, limit)
     except BodyTooLarge:
-        exporter.BATCHES_REJECTED.labels("too_large").inc()
+        telemetry.BATCHES_REJECTED.labels("too_large").inc()
         return error_response(
             413,
             f"request body larger than {limit} bytes (max_body_bytes): send smaller batches "
@@ -112,23 +112,23 @@ async def _ingest(request: Request, services: Services):
     except ClientDisconnect:
         return error_response(400, "the client went away before sending the whole body")
     if not body.strip():
-        exporter.BATCHES_REJECTED.labels("malformed_json").inc()
+        telemetry.BATCHES_REJECTED.labels("malformed_json").inc()
         return error_response(400, "empty body: send one batch as a JSON object",
                               [{"field": "(body)", "problem": "empty"}])
-    exporter.INGEST_IN_FLIGHT.inc()
+    telemetry.INGEST_IN_FLIGHT.inc()
     try:
         # Collector.ingest gives up after db_timeout_s, except in the thread whose turn it is to write, which
         # waits on the database itself: this request is answered all the same, and the write finishes (or fails)
         # on its own; resent, the batch is a duplicate if it was stored. Twice the time: validation counts too.
         with anyio.move_on_after(2 * services.settings.db_timeout_s):
             return await anyio.to_thread.run_sync(_validate_and_store, services, body, abandon_on_cancel=True)
-        exporter.BATCHES_REJECTED.labels("unavailable").inc()
+        telemetry.BATCHES_REJECTED.labels("unavailable").inc()
         return error_response(
             503, f"database not answering within {2 * services.settings.db_timeout_s:g} s; send the batch again "
             "later", headers={"Retry-After": str(RETRY_AFTER_S)},
         )
     finally:
-        exporter.INGEST_IN_FLIGHT.dec()
+        telemetry.INGEST_IN_FLIGHT.dec()
 
 
 def _validate_and_store(services: Services, body: bytes):
@@ -136,23 +136,23 @@ def _validate_and_store(services: Services, body: bytes):
         batch = Batch.model_validate_json(body)
     except ValidationError as exc:
         status, reason, message, details = batch_error(exc.errors(include_url=False), body)
-        exporter.BATCHES_REJECTED.labels(reason).inc()
+        telemetry.BATCHES_REJECTED.labels(reason).inc()
         return error_response(status, message, details)
     try:
         result = services.collector.ingest(batch, timeout_s=services.settings.db_timeout_s)
     except IngestBusy as exc:
-        exporter.BATCHES_REJECTED.labels("busy").inc()
+        telemetry.BATCHES_REJECTED.labels("busy").inc()
         return error_response(429, f"the collector is busy ({exc}); the batch was not stored, retry after "
                               f"{RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
     except IngestTimeout as exc:
-        exporter.BATCHES_REJECTED.labels("unavailable").inc()
+        telemetry.BATCHES_REJECTED.labels("unavailable").inc()
         _log_db_error(exc)
         return error_response(
             503, f"database not answering: {exc}; send it again later (if it was stored meanwhile, the resend is "
             "recognised as a duplicate)", headers={"Retry-After": str(RETRY_AFTER_S)},
         )
     except SQLAlchemyError as exc:
-        exporter.BATCHES_REJECTED.labels("unavailable").inc()
+        telemetry.BATCHES_REJECTED.labels("unavailable").inc()
         _log_db_error(exc)
         why = services.collector.write_problem or f"database unavailable ({exc.__class__.__name__})"
         return error_response(

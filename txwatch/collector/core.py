@@ -15,10 +15,11 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from txwatch.wire.batch import Batch
+from txwatch import telemetry
 from txwatch.store import pipelined
 from txwatch.store.db import disk_full, disk_full_text
 from txwatch.store.ingest import BatchWriter, now_utc
+from txwatch.wire.batch import Batch
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,6 @@ class Collector:
         ``IngestBusy`` when ``max_queue`` batches are already waiting, and ``IngestTimeout`` when the batch is
         not stored and evaluated within ``timeout_s`` (a batch not yet taken up is then withdrawn).
         """
-        from txwatch import exporter
-
         started = time.perf_counter()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         item = _Pending(batch)
@@ -140,7 +139,7 @@ class Collector:
                 self._write_problem = (time.monotonic(), disk_full_text(self.engine))
             raise item.error
         self._write_problem = None
-        exporter.observe_ingest(item.result, time.perf_counter() - started)
+        telemetry.observe_ingest(item.result, time.perf_counter() - started)
         return item.result
 
     @property
@@ -318,9 +317,7 @@ class Collector:
                 self._rule_errors.add(kind)
                 log.exception("rule engine failed on runs %s (logged once per kind; data was stored)",
                               sorted({i[0] for i in items}))
-            from txwatch import exporter
-
-            exporter.RULE_ERRORS.inc()
+            telemetry.RULE_OBSERVE_FAILURES.inc()
 
 
 def _retryable(exc: Exception) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from txwatch.rules import metrics
+from txwatch import telemetry
 from txwatch.rules.core import Core, Transition
 from txwatch.rules.detectors import detect
 from txwatch.rules.evaluate import RunFacts
@@ -114,7 +114,7 @@ class RuleEngine:
                 changes = self._observe(run_id, series, events)
             except Exception:
                 self._forget(run_id)
-                metrics.ERRORS.labels(stage="observe").inc()
+                telemetry.RULE_ERRORS.labels(stage="observe").inc()
                 self._log_error(run_id, "rule evaluation failed for run %s; its diagnoses may lag", run_id)
                 return []
         _count(changes, sum(len(p) for p in series.values()), started)
@@ -161,7 +161,7 @@ class RuleEngine:
                 prepared.append((item, state, self.core.process(state, series, events)))
             except Exception:
                 self._forget(run_id)
-                metrics.ERRORS.labels(stage="observe").inc()
+                telemetry.RULE_ERRORS.labels(stage="observe").inc()
                 self._log_error(run_id, "rule evaluation failed for run %s; its diagnoses may lag", run_id)
         prepared.sort(key=lambda p: p[0][0])
         if self._pipelined and not any(t.kind in _WRITES_ROWS for _, _, transitions in prepared for t in transitions):
@@ -213,7 +213,7 @@ class RuleEngine:
                 self._remember(state)
             else:
                 self._forget(item[0])
-                metrics.CONFLICTS.inc()
+                telemetry.RULE_STATE_CONFLICTS.inc()
 
     def _observe(self, run_id: int, series: dict[str, list[Any]], events: list) -> list[DiagnosisChange]:
         # Optimistic first: evaluate without holding any database lock (on SQLite a write transaction blocks
@@ -230,7 +230,7 @@ class RuleEngine:
                     self._remember(state)
                     return changes
             self._forget(run_id)  # another collector evaluated this run meanwhile: its state is newer
-            metrics.CONFLICTS.inc()
+            telemetry.RULE_STATE_CONFLICTS.inc()
         with self.session_factory() as session, session.begin():
             version = lock_state_row(session, run_id)
             state = self._cached(run_id, version)
@@ -301,7 +301,7 @@ class RuleEngine:
                     ).all():
                         candidates[r.id] = r
         except Exception:
-            metrics.ERRORS.labels(stage="check_time").inc()
+            telemetry.RULE_ERRORS.labels(stage="check_time").inc()
             log.exception("time-based rule check failed")
             return []
 
@@ -316,7 +316,7 @@ class RuleEngine:
                 try:
                     changes.extend(self._time_transition(run.id, rule, facts, det.fired is True, now))
                 except Exception:
-                    metrics.ERRORS.labels(stage="check_time").inc()
+                    telemetry.RULE_ERRORS.labels(stage="check_time").inc()
                     self._log_error(run.id, "time-based rule %s failed for run %s", rule.id, run.id)
         _count(changes)
         return changes
@@ -383,11 +383,11 @@ class RuleEngine:
 def _count(changes: list[DiagnosisChange], points: int = 0, started: float | None = None) -> None:
     """The engine's own metrics for one evaluation: its time (from ``started``), points, diagnosis changes."""
     if started is not None:
-        metrics.BATCH_SECONDS.observe(_time.perf_counter() - started)
+        telemetry.RULE_BATCH_SECONDS.observe(_time.perf_counter() - started)
     if points:
-        metrics.POINTS.inc(points)
+        telemetry.RULE_POINTS.inc(points)
     for c in changes:
-        metrics.DIAGNOSES.labels(rule=c.rule_id, kind=c.kind).inc()
+        telemetry.RULE_DIAGNOSES.labels(rule=c.rule_id, kind=c.kind).inc()
 
 
 def _facts_of(run: Any, now: float) -> RunFacts:

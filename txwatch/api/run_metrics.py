@@ -1,8 +1,8 @@
-"""Prometheus metrics: the daemon's own health, and a bounded set of latest values per active run.
+"""The run figures of ``/metrics``: a bounded set of latest values per active run, read from the database at scrape.
 
-Everything registers on ``txwatch.telemetry.REGISTRY``; the daemon serves it on ``/metrics``. The names are
-listed in docs/metrics.md (the Grafana dashboard and Prometheus rules are checked against that list).
-Per-layer series are never exported (one label value per parameter would swamp Prometheus).
+Registered on ``txwatch.telemetry.REGISTRY`` (where every instrument lives). The names are listed in
+docs/metrics.md (the Grafana dashboard and Prometheus rules are checked against that list). Per-layer series
+are never exported (one label value per parameter would swamp Prometheus).
 """
 
 from __future__ import annotations
@@ -10,18 +10,15 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector as _PromCollector
+from sqlalchemy.orm import Session, sessionmaker
 
-from txwatch.telemetry import REGISTRY
-
-if TYPE_CHECKING:
-    from txwatch.services import Services
+from txwatch.settings import Settings
+from txwatch.telemetry import INSTRUMENT_NAMES, REGISTRY
 
 log = logging.getLogger(__name__)
 
@@ -29,42 +26,6 @@ log = logging.getLogger(__name__)
 # scrape whatever the number of runs in the database.
 MAX_EXPORTED_RUNS = 200
 MAX_DEVICES_PER_RUN = 16
-
-POINTS_INGESTED = Counter("txwatch_points_ingested", "Metric points stored.", registry=REGISTRY)
-BATCHES = Counter("txwatch_batches", "Batches received and acknowledged, by result.", ["result"], registry=REGISTRY)
-BATCHES_REJECTED = Counter(
-    "txwatch_batches_rejected", "Batches refused, by reason.", ["reason"], registry=REGISTRY
-)
-INGEST_LATENCY = Histogram(
-    "txwatch_ingest_latency_seconds",
-    "Time from a batch reaching the collector to it being stored and its rules evaluated (validation excluded).",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-    registry=REGISTRY,
-)
-INGEST_IN_FLIGHT = Gauge("txwatch_ingest_in_flight", "Ingest requests being handled now.", registry=REGISTRY)
-RULE_ERRORS = Counter(
-    "txwatch_rule_observe_failures", "Rule-engine calls that raised on a stored batch (the batch was kept).",
-    registry=REGISTRY,
-)
-JOB_FAILURES = Counter("txwatch_job_failures", "Background job runs that failed, by job.", ["job"], registry=REGISTRY)
-JOB_DURATION = Histogram(
-    "txwatch_job_duration_seconds", "Background job run time, by job.", ["job"],
-    buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0), registry=REGISTRY,
-)
-for _reason in ("invalid", "malformed_json", "schema_version", "too_large", "unauthorized", "unavailable",
-                "content_type", "busy"):
-    BATCHES_REJECTED.labels(_reason)  # present at 0 from the start, so rate() works on the first rejection
-for _result in ("accepted", "duplicate"):
-    BATCHES.labels(_result)
-
-
-def observe_ingest(result: Any, seconds: float) -> None:
-    """Count one acknowledged batch (called by the collector core)."""
-    BATCHES.labels("duplicate" if result.duplicate else "accepted").inc()
-    if result.points:
-        POINTS_INGESTED.inc(result.points)
-    INGEST_LATENCY.observe(seconds)
-
 
 # -- per-run latest values --------------------------------------------------------------------------------
 
@@ -101,6 +62,13 @@ RUN_METRICS = {
 SEVERITIES = ("critical", "warning", "info")
 
 
+class RunSource(Protocol):
+    """What the exporter reads: the collector's settings and its database (the composition root's parts)."""
+
+    settings: Settings
+    session_factory: sessionmaker[Session]
+
+
 class RunExporter(_PromCollector):
     """Scrape-time latest values of active runs, read from the database of the attached services.
 
@@ -108,16 +76,16 @@ class RunExporter(_PromCollector):
     """
 
     def __init__(self) -> None:
-        self._sources: list[Services] = []
+        self._sources: list[RunSource] = []
         self._lock = threading.Lock()
         self._failed_once = False
         self._reads: Any = None  # a store.db.OneAtATime, made at the first scrape
 
-    def attach(self, services: Services) -> None:
+    def attach(self, services: RunSource) -> None:
         with self._lock:
             self._sources.append(services)
 
-    def detach(self, services: Services) -> None:
+    def detach(self, services: RunSource) -> None:
         with self._lock:
             self._sources = [s for s in self._sources if s is not services]
 
@@ -137,7 +105,7 @@ class RunExporter(_PromCollector):
                 log.exception("could not read run values for /metrics (logged once)")
             return []
 
-    def _families(self, services: Services) -> list[GaugeMetricFamily]:
+    def _families(self, services: RunSource) -> list[GaugeMetricFamily]:
         from txwatch.store import queries
         from txwatch.store.db import OneAtATime
 
@@ -227,33 +195,9 @@ REGISTRY.register(RUN_EXPORTER)
 # every metric name this module can export, for docs/metrics.md and the tests that check it
 EXPORTED_NAMES = sorted(
     {
-        "txwatch_points_ingested_total", "txwatch_batches_total", "txwatch_batches_rejected_total",
-        "txwatch_ingest_latency_seconds", "txwatch_ingest_in_flight", "txwatch_rule_observe_failures_total",
-        "txwatch_job_failures_total", "txwatch_job_duration_seconds", "txwatch_outbox_pending",
+        *INSTRUMENT_NAMES, "txwatch_outbox_pending",
         "txwatch_runs_active",
         *RUN_METRICS, *(m for m, _ in SCALARS.values()), *(m for m, _ in DEVICE.values()),
         *(m for m, _ in HOST.values()),
     }
 )
-
-
-def timed_job(job: str, fn):
-    """Wrap a background job: time it, count failures, log each distinct failure once, never raise."""
-    seen: set[str] = set()
-
-    def run(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            JOB_FAILURES.labels(job).inc()
-            key = f"{exc.__class__.__name__}: {exc}"[:200]
-            if key not in seen:
-                seen.add(key)
-                log.exception("background job %s failed (this error is logged once)", job)
-            return None
-        finally:
-            JOB_DURATION.labels(job).observe(time.perf_counter() - started)
-
-    run.__name__ = f"txwatch_job_{job}"
-    return run
