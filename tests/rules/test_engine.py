@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.rules.conftest import T0, Feeder, nan_after
-from txwatch.collector.core import Collector
+from txwatch.ingest.queue import Collector
 from txwatch.rules import RecordingNotifier, RuleEngine, build_engine, load_rules
 from txwatch.rules.state import RunState
 from txwatch.settings import Settings
@@ -272,7 +272,7 @@ def test_build_engine_uses_the_settings_rule_folders_and_builtin_switch(sessions
     engine = build_engine(Settings(rules_dirs=[tmp_path], builtin_rules=False), sessions)
     assert [r.id for r in engine.rules] == ["loss-too-high"]
     both = build_engine(Settings(rules_dirs=[tmp_path], stall_after_s=42.0), sessions)
-    assert len(both.rules) == 22 and both.settings["stall_after_s"] == 42.0
+    assert len(both.rules) == 23 and both.settings["stall_after_s"] == 42.0
 
 
 def test_a_group_of_runs_is_evaluated_together_and_a_run_another_collector_moved_is_redone(sessions):

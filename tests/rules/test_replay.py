@@ -11,12 +11,13 @@ from txwatch.rules import RuleEngine, RunNotFound, load_rules, replay
 
 
 def _diverging_run(feed: Feeder) -> None:
-    """Loss falls, the gradient norm grows 10x from step 120, the loss turns NaN at step 140; then it crashes."""
+    """Loss falls and levels off by step 70, the gradient norm grows 10x from step 120, the loss turns NaN at step
+    140; then it crashes. (While the loss still falls fast, a growing norm is a model learning, not an explosion.)"""
     for start in range(0, 160, 10):
         feed.steps(
             start,
             start + 10,
-            loss=lambda s: math.nan if s >= 140 else 2.0 * math.exp(-s / 50) + 0.3,
+            loss=lambda s: math.nan if s >= 140 else 2.0 * math.exp(-s / 10) + 0.3,
             grad_norm_total=lambda s: 1.0 + 0.01 * (s % 7) if s < 120 else 20.0 * 1.2 ** (s - 120),
         )
     feed.send(events=[{"kind": "end", "time": T0 + 160, "step": 159, "status": "crashed",
