@@ -197,6 +197,21 @@ def _hold(folder: Path, owner: str | None) -> int | None:
         return None
 
 
+def _rank_folders(root: Path) -> list[Path]:
+    """``root/<project>/<run>/rank*``, sorted. Other processes create and remove these folders meanwhile: one
+    that vanishes while it is listed is skipped (Python 3.11's ``Path.glob`` raises FileNotFoundError then)."""
+    return sorted(rank for project in _subfolders(root) for run in _subfolders(project)
+                  for rank in _subfolders(run) if rank.name.startswith("rank"))
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        with os.scandir(folder) as entries:
+            return [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:  # gone (or unreadable) since its parent was listed
+        return []
+
+
 def orphans(root: Path, owner: str, mine: Path) -> tuple[list[Spool], list[tuple[int, int]]]:
     """The spools under ``root`` no live process holds and that were bound for ``owner`` (adopted: held by this
     process until ``release()``), within ``ORPHAN_ADOPT_MAX_BYTES``; and the (points, events) of the orphaned
@@ -205,7 +220,7 @@ def orphans(root: Path, owner: str, mine: Path) -> tuple[list[Spool], list[tuple
     expired: list[tuple[int, int]] = []
     budget = ORPHAN_ADOPT_MAX_BYTES
     before = time.time() - ORPHAN_MAX_AGE_S
-    for folder in sorted(root.glob("*/*/rank*")):
+    for folder in _rank_folders(root):
         if folder == mine or not folder.is_dir():
             continue
         fd = _hold(folder, None)
