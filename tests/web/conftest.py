@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import _pg_base, create_pg_database, drop_pg_database
-from tests.web.live import LiveCollector, start_collector
+from tests.live import Live, start_live
 from tests.web.training import Trained, train
 
 CHROMIUM = os.environ.get("TXWATCH_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -64,7 +64,7 @@ class World:
     """A collector with two finished trainings in it."""
 
     db: str
-    collector: LiveCollector
+    collector: Live
     healthy: Trained
     faulty: Trained
 
@@ -107,7 +107,7 @@ def isolated_env(tmp_path_factory) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def world(database, isolated_env) -> Iterator[World]:
     kind, url = database
-    collector = start_collector(url)
+    collector = start_live(url)
     try:
         suffix = uuid.uuid4().hex[:6]
         healthy = train(collector.url, PROJECT, f"healthy-{suffix}", faulty=False, steps=60)

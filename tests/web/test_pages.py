@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.web.conftest import PROJECT, World, screenshot
-from tests.web.live import start_collector
+from tests.live import start_live as start_collector
 from tests.web.training import FAULT_STEP
 
 pytestmark = pytest.mark.slow
