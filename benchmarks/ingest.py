@@ -33,7 +33,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from txwatch.collector.core import Collector  # noqa: E402
+from txwatch.ingest.queue import Collector  # noqa: E402
 from txwatch.wire.batch import Batch  # noqa: E402
 from txwatch.store.db import make_engine, session_factory, upgrade  # noqa: E402
 
@@ -151,7 +151,7 @@ def inprocess_ingest(collector, seconds: float, clients: int, series: int, steps
 def sustained(db_url: str, seconds: float, series: int, steps: int, rounds: int = 3) -> dict[str, float]:
     """Points/s of the three ingest paths, interleaved: ``rounds`` rounds of each in turn, so the database
     grows alike under all three; each figure is the median of its rounds."""
-    from txwatch.services import build_services
+    from txwatch.collector.services import build_services
     from txwatch.settings import Settings
 
     services = build_services(Settings(db_url=db_url, builtin_rules=False))

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, select, text  # noqa: E402
 
-from txwatch.collector.core import Collector  # noqa: E402
+from txwatch.ingest.queue import Collector  # noqa: E402
 from txwatch.wire.batch import Batch, RunInfo  # noqa: E402
 from txwatch.rules import Core, RuleEngine, load_rules  # noqa: E402
 from txwatch.store.db import make_engine, session_factory, upgrade  # noqa: E402

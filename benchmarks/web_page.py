@@ -81,7 +81,7 @@ def store_run(collector, run: str, points: int) -> int:
 
 
 def build_database(url: str, points: int) -> None:
-    from txwatch.collector.core import Collector
+    from txwatch.ingest.queue import Collector
     from txwatch.store.db import make_engine, session_factory, upgrade
 
     engine = make_engine(url)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from txwatch.daemon import Daemon
+from txwatch.collector.daemon import Daemon
 from txwatch.settings import Settings
 
 START_TIMEOUT_S = 30.0

@@ -9,6 +9,8 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from txwatch.errors import ConfigError
+
 DEFAULT_PORT = 8642
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024  # a 1k-layer model's sampled step is ~100 kB; 16 MiB leaves room
 
@@ -134,5 +136,5 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
 
 
-class SettingsError(Exception):
+class SettingsError(ConfigError):
     """Bad settings; the message names each bad one."""

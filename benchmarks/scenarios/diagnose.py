@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from txwatch.collector.core import Collector
+from txwatch.ingest.queue import Collector
 from txwatch.wire.batch import Batch
 from txwatch.rules import build_engine
 from txwatch.settings import Settings

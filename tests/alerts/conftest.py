@@ -168,8 +168,8 @@ def api_server(alerts_db, sessions):
     import uvicorn
     from fastapi import FastAPI
 
-    from txwatch.alerts.routes import router
-    from txwatch.services import Services
+    from txwatch.api.silences import router
+    from txwatch.collector.services import Services
 
     app = FastAPI()
     app.state.services = Services(settings=Settings(token="api-token-123"), db=alerts_db[1], session_factory=sessions,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from tests.alerts.slack_standin import TOKEN
 from tests.collector.batches import batch, steps
 from txwatch.wire.batch import Batch
-from txwatch.services import build_services
+from txwatch.collector.services import build_services
 from txwatch.settings import Settings
 
 

@@ -20,7 +20,7 @@ def test_public_surface():
 
 
 def test_importing_alerts_loads_no_slack_or_scheduler():
-    code = ("import sys, txwatch.alerts, txwatch.alerts.routes; "
+    code = ("import sys, txwatch.alerts, txwatch.api.silences; "
             "print(sorted(m for m in ('slack_sdk', 'apscheduler') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

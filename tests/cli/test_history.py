@@ -16,7 +16,7 @@ import pytest
 from tests.cli.test_query import fill
 from tests.collector.batches import T0, batch, steps
 from tests.live import start_live
-from txwatch.collector.core import Collector
+from txwatch.ingest.queue import Collector
 from txwatch.wire.batch import Batch
 from txwatch.store.db import make_engine, session_factory
 from txwatch.store.models import Diagnosis, Run

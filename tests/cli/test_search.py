@@ -11,7 +11,7 @@ import pytest
 from tests.cli.test_history import txwatch
 from tests.collector.batches import T0, batch, steps
 from tests.live import start_live
-from txwatch.collector.core import Collector
+from txwatch.ingest.queue import Collector
 from txwatch.wire.batch import Batch
 from txwatch.store.db import make_engine, session_factory, upgrade
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.collector.batches import T0, batch, steps
-from txwatch.collector.core import Collector
+from txwatch.ingest.queue import Collector
 from txwatch.wire.batch import Batch
 from txwatch.store import downsample, queries
 from txwatch.store.db import make_engine, session_factory, upgrade
@@ -202,7 +202,7 @@ def test_concurrent_batches_are_written_together_each_caller_told_its_own_result
 
 
 def test_a_batch_that_cannot_be_stored_fails_alone(sessions, monkeypatch, caplog):
-    caplog.set_level("INFO", logger="txwatch.collector.core")
+    caplog.set_level("INFO", logger="txwatch.ingest.queue")
     c = Collector(sessions)
     run_changes = c.writer.run_changes
 

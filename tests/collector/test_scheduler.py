@@ -13,8 +13,8 @@ from sqlalchemy import func, select, update
 
 from tests.collector.batches import batch, steps
 from txwatch.wire.batch import Batch
-from txwatch.scheduler import Scheduler
-from txwatch.services import build_services
+from txwatch.collector.scheduler import Scheduler
+from txwatch.collector.services import build_services
 from txwatch.settings import Settings
 from txwatch.store import downsample, queries
 from txwatch.store.models import Point, Run, Series
@@ -84,7 +84,7 @@ def test_jobs_are_scheduled_and_failures_are_counted_not_raised(services):
     assert ("checkpoint" in ids) == (services.db.dialect.name == "sqlite")
     if services.db.dialect.name == "sqlite":
         sched.checkpoint()
-    from txwatch.scheduler import timed_job
+    from txwatch.collector.scheduler import timed_job
     from txwatch.telemetry import REGISTRY
 
     before = REGISTRY.get_sample_value("txwatch_job_failures_total", {"job": "boom"}) or 0

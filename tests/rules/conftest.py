@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from txwatch.collector.core import Collector
+from txwatch.ingest.queue import Collector
 from txwatch.wire.batch import Batch
 from txwatch.store.db import session_factory as make_session_factory
 

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.rules import scenarios
-from txwatch.collector.core import Collector
+from txwatch.ingest.queue import Collector
 from txwatch.wire.batch import Batch
 from txwatch.rules import build_engine
 from txwatch.settings import Settings

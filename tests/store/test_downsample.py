@@ -8,7 +8,7 @@ import random
 import pytest
 
 from tests.collector.batches import T0, batch
-from txwatch.collector.core import Collector
+from txwatch.ingest.queue import Collector
 from txwatch.wire.batch import Batch
 from txwatch.store import downsample, queries, rollup
 from txwatch.store.db import session_factory

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select, text
 
 from tests.collector.batches import T0, batch, steps
-from txwatch.collector.core import Collector
+from txwatch.ingest.queue import Collector
 from txwatch.wire.batch import Batch
 from txwatch.store import pipelined
 from txwatch.store.db import make_engine, session_factory, upgrade

@@ -68,7 +68,7 @@ def test_the_plain_column_tests_of_a_top_level_and_go_to_sql():
 
 def test_list_runs_filters_in_both_databases_and_tags_change(db_url):
     from tests.collector.batches import T0, batch, steps
-    from txwatch.collector.core import Collector
+    from txwatch.ingest.queue import Collector
     from txwatch.wire.batch import Batch
     from txwatch.store import queries, tags
     from txwatch.store.db import make_engine, session_factory, upgrade

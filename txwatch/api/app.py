@@ -1,11 +1,14 @@
-"""The collector's HTTP app: ingest, queries, health and metrics, over the services built by the daemon."""
+"""The collector's HTTP API: ingest, queries, silences, health and metrics, over the services built by the daemon.
+
+The composition root (``txwatch.collector.app``) adds the web page's routes, which sit above this layer."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy.exc import DataError, OperationalError
@@ -13,20 +16,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from txwatch import telemetry
 from txwatch.api import errors
-from txwatch.services import Services
+from txwatch.api.deps import Services
+from txwatch.api.models import ERRORS
 
 log = logging.getLogger(__name__)
 
 API_VERSION = "1"
 
 
-def create_app(services: Services) -> FastAPI:
-    """The FastAPI app over ``services`` (kept in ``app.state.services``).
+def create_api(services: Services, routers: Sequence[APIRouter] = ()) -> FastAPI:
+    """The FastAPI app over ``services`` (kept in ``app.state.services``), with ``routers`` included last.
 
-    Includes the silences routes (``txwatch.alerts.routes``) and the web page (``txwatch.web``) when those
-    packages import; every ``/api`` route checks the bearer token when one is configured.
+    Every ``/api`` route checks the bearer token when one is configured.
     """
-    from txwatch.api import health, ingest, runs
+    from txwatch.api import health, ingest, runs, silences
     from txwatch.api.run_metrics import RUN_EXPORTER
 
     @asynccontextmanager
@@ -57,8 +60,9 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(ingest.router)
     app.include_router(runs.router)
     app.include_router(health.router)
-    _include_optional(app, "txwatch.alerts.routes", "silences")
-    _include_optional(app, "txwatch.web", "web page")
+    for router in (silences.router, *routers):
+        # every /api route answers these (token, unknown ids, bad fields, database away): document them
+        app.include_router(router, responses=ERRORS)
 
     def openapi():
         if app.openapi_schema is None:
@@ -72,20 +76,6 @@ def create_app(services: Services) -> FastAPI:
 
     app.openapi = openapi
     return app
-
-
-def _include_optional(app: FastAPI, module: str, what: str) -> None:
-    import importlib
-
-    try:
-        router = importlib.import_module(module).router
-    except (ImportError, AttributeError) as exc:
-        log.info("%s not served: %s", what, exc)
-        return
-    from txwatch.api.models import ERRORS
-
-    # every /api route answers these (token, unknown ids, bad fields, database away): document them
-    app.include_router(router, responses=ERRORS)
 
 
 class ContentLengthLimit:

@@ -1,12 +1,29 @@
-"""FastAPI dependencies shared by every router: the running services and the bearer token check."""
+"""FastAPI dependencies shared by every router: the running services and the bearer token check.
+
+``Services`` is what the routes read from the composed collector (``txwatch.collector.services.Services``
+satisfies it): the API depends on this protocol, not on the composition root above it.
+"""
 
 from __future__ import annotations
 
 import secrets
+from typing import Protocol
 
 from fastapi import HTTPException, Request, status
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
-from txwatch.services import Services
+from txwatch.ingest.queue import Collector
+from txwatch.settings import Settings
+
+
+class Services(Protocol):
+    """The parts of a running collector the HTTP API uses."""
+
+    settings: Settings
+    db: Engine
+    session_factory: sessionmaker[Session]
+    collector: Collector
 
 
 # Both are ``async def`` although they never await: FastAPI runs a plain ``def`` dependency in its thread pool,
@@ -14,7 +31,8 @@ from txwatch.services import Services
 
 
 async def get_services(request: Request) -> Services:
-    return request.app.state.services
+    services: Services = request.app.state.services
+    return services
 
 
 async def require_token(request: Request) -> None:

@@ -7,10 +7,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from txwatch.api.deps import get_services
+from txwatch.api.deps import Services, get_services
 from txwatch.api.errors import NaNJSONResponse
 from txwatch.api.models import Health
-from txwatch.services import Services
 from txwatch.store.db import OneAtATime
 from txwatch.telemetry import REGISTRY
 

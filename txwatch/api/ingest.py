@@ -12,13 +12,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import ClientDisconnect
 
 from txwatch import telemetry
-from txwatch.api.deps import get_services, require_token
+from txwatch.api.deps import Services, get_services, require_token
 from txwatch.api.errors import RETRY_AFTER_S, NaNJSONResponse, error_response
 from txwatch.api.models import ERRORS, ErrorBody, IngestAck
-from txwatch.collector.core import IngestBusy, IngestTimeout
+from txwatch.ingest.queue import IngestBusy, IngestTimeout
 from txwatch.wire.batch import Batch
 from txwatch.wire.problems import batch_error
-from txwatch.services import Services
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,10 @@ from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from txwatch.api.deps import get_services, require_token
+from txwatch.api.deps import Services, get_services, require_token
 from txwatch.api.errors import RETRY_AFTER_S, NaNJSONResponse, error_response
 from txwatch.api.models import (
     ERRORS,
@@ -25,10 +26,11 @@ from txwatch.api.models import (
     SeriesPoints,
 )
 from txwatch.api.models import TagChange, Tags
-from txwatch.wire.batch import METRIC_PATTERN, NAME_PATTERN
+from txwatch.rules.incidents import Episode, group
 from txwatch.rules.model import RULE_ID_PATTERN
-from txwatch.services import Services
 from txwatch.store import downsample, queries, search, tags
+from txwatch.store.models import RUN_LAYER_NONE, Diagnosis, Run
+from txwatch.wire.batch import METRIC_PATTERN, NAME_PATTERN
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)], responses=ERRORS)
 
@@ -148,7 +150,7 @@ async def layers(
     summary="The run's incidents: overlapping diagnoses, the root cause first",
 )
 async def incidents(project: ProjectName, run: RunName, services: Services = Depends(get_services)):
-    return await _read(services, lambda s: {"incidents": queries.run_incidents(s, _run(s, project, run)[0])})
+    return await _read(services, lambda s: {"incidents": run_incidents(s, _run(s, project, run)[0])})
 
 
 @router.get("/diagnoses", response_model=DiagnosisList, summary="Diagnoses, newest first")
@@ -196,3 +198,16 @@ def _limiter() -> anyio.CapacityLimiter:
     if loop not in _LIMITERS:
         _LIMITERS[loop] = anyio.CapacityLimiter(MAX_STUCK_READS)
     return _LIMITERS[loop]
+
+
+def run_incidents(session: Session, run: Run) -> list[dict[str, Any]]:
+    """The run's incidents (``txwatch.rules.incidents``): its diagnoses that overlap in time, root cause first."""
+    rows = session.execute(
+        select(Diagnosis).where(Diagnosis.run_id == run.id, Diagnosis.state != "pending").order_by(Diagnosis.id)
+    ).scalars()
+    episodes = [
+        Episode(d.rule_id, d.severity, int(d.first_step or 0), d.resolved_step if d.state == "resolved" else None,
+                "" if d.layer == RUN_LAYER_NONE else d.layer, d.reason, tuple(d.fix or ()), d.id)
+        for d in rows
+    ]
+    return [i.as_dict() for i in group(episodes)]

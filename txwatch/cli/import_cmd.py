@@ -81,7 +81,7 @@ class _Store:
     """The database the runs go into (created and migrated if new) and the collector's write path on it."""
 
     def __init__(self, db: str | None):
-        from txwatch.collector.core import Collector
+        from txwatch.ingest.queue import Collector
         from txwatch.store.db import make_engine, redact, session_factory, upgrade
 
         self.engine = make_engine(db)

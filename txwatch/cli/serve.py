@@ -23,7 +23,8 @@ def serve(
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
 ) -> None:
     """Run the collector daemon: ingest from training jobs, store, diagnose, alert, serve queries and /metrics."""
-    from txwatch.daemon import Daemon
+    from txwatch.collector.daemon import Daemon
+    from txwatch.errors import ConfigError
     from txwatch.settings import SettingsError, load_settings
 
     level = getattr(logging, log_level.upper(), None)
@@ -40,14 +41,7 @@ def serve(
     daemon = Daemon(settings)
     try:
         daemon.build()
-    except Exception as exc:
-        if _is_config_error(exc):
-            daemon.close()
-            raise CliError(str(exc).replace("\n", " ")) from None
-        raise
+    except ConfigError as exc:
+        daemon.close()
+        raise CliError(str(exc).replace("\n", " ")) from None
     daemon.run()
-
-
-def _is_config_error(exc: Exception) -> bool:
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    return bool(names & {"RuleError", "AlertConfigError", "ConditionError", "DatabaseError", "SettingsError"})

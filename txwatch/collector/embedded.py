@@ -1,98 +1,18 @@
 """Embedded mode: the collector inside the training process, on the local database (no daemon needed).
 
+This module wires it (services, background jobs) and shares one per database in a process; the collector
+itself is ``txwatch.ingest.in_process.EmbeddedCollector``.
+
 ``txwatch_hooks`` calls ``open_embedded()`` when no endpoint is configured and the ``txwatch`` package is
 importable; its transport then hands batches (plain dicts, as on the wire) to ``send``.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from pydantic import ValidationError
-
-from txwatch.wire.batch import Batch
-from txwatch.wire.problems import batch_error
-
-log = logging.getLogger(__name__)
-
-DEFAULT_SEND_TIMEOUT_S = 10.0
-
-
-class EmbeddedCollector:
-    """A collector with its rule engine, alerts and background jobs, in this process.
-
-    ``send(batch, timeout_s)`` returns True when the batch is stored (or was already: a replay) and False
-    when it was not (invalid: see ``last_error``; or the database did not answer in time: retry later).
-    """
-
-    def __init__(self, services: Any, scheduler: Any = None):
-        self.services = services
-        self.scheduler = scheduler
-        self.last_error: str | None = None
-        self.last_status: int | None = None  # HTTP-like: 200 stored, 422 invalid, 503 database trouble
-        # one writer thread: a send that times out keeps running there, and a replay of it is a duplicate
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="txwatch.embedded")
-        self._closed = False
-        self._lock = threading.Lock()
-        self._logged: set[str] = set()
-
-    def send(self, batch: dict, timeout_s: float = DEFAULT_SEND_TIMEOUT_S) -> bool:
-        if self._closed:
-            self._fail(503, "the embedded collector is closed")
-            return False
-        try:
-            parsed = Batch.model_validate(batch)
-        except ValidationError as exc:
-            _, _, message, _ = batch_error(exc.errors(include_url=False))
-            self._fail(422, message)
-            return False
-        try:
-            self._pool.submit(self.services.collector.ingest, parsed).result(timeout=timeout_s)
-        except FutureTimeout:
-            self._fail(503, f"the database did not store the batch within {timeout_s} s")
-            return False
-        except Exception as exc:
-            self._fail(503, f"could not store the batch: {exc.__class__.__name__}: {exc}")
-            return False
-        self.last_status, self.last_error = 200, None
-        return True
-
-    def _fail(self, status: int, message: str) -> None:
-        self.last_status, self.last_error = status, message
-        key = message[:120]
-        if key not in self._logged:  # once per kind of problem, not once per batch
-            self._logged.add(key)
-            log.warning("embedded collector: %s", message)
-
-    def flush(self, timeout_s: float = DEFAULT_SEND_TIMEOUT_S) -> bool:
-        """Wait for accepted writes and send due notifications (e.g. before the process exits)."""
-        try:
-            self._pool.submit(lambda: None).result(timeout=timeout_s)
-            if self.services.alerting is not None:
-                self.services.alerting.dispatch_due()
-        except Exception:
-            return False
-        return True
-
-    def close(self) -> None:
-        """Finish accepted writes, send what is due, stop the jobs and release the database."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._pool.shutdown(wait=True)
-        if self.scheduler is not None:
-            self.scheduler.shutdown(wait=True)
-        if self.services.alerting is not None:
-            try:
-                self.services.alerting.dispatch_due()
-            except Exception:
-                log.exception("sending the last notifications failed")
-        self.services.close()
+from txwatch.ingest.in_process import DEFAULT_SEND_TIMEOUT_S, EmbeddedCollector
 
 
 class _SharedHandle:
@@ -212,8 +132,8 @@ def _stored_run(conn: Any, project: str, name: str) -> dict[str, Any] | None:
 
 
 def _open_collector(db_url: str | None, *, console: Any, jobs: bool) -> EmbeddedCollector:
-    from txwatch.scheduler import Scheduler
-    from txwatch.services import build_services
+    from txwatch.collector.scheduler import Scheduler
+    from txwatch.collector.services import build_services
     from txwatch.settings import load_settings
 
     # embedded mode listens on nothing, so a TXWATCH_HOST meant for a daemon must not stop it

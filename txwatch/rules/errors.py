@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from txwatch.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -25,7 +27,7 @@ class Problem:
         return where + self.message
 
 
-class RuleError(Exception):
+class RuleError(ConfigError):
     """A rule file (or condition) is invalid.
 
     ``problems`` lists every problem found, each with ``file``, ``line`` and ``message``; ``str()`` prints them
@@ -49,7 +51,7 @@ class RuleError(Exception):
         return self.problems[0].line if self.problems else None
 
 
-class ConditionError(Exception):
+class ConditionError(ConfigError):
     """A condition does not parse or does not type-check; ``column`` (1-based) points into the condition text."""
 
     def __init__(self, message: str, line: int = 1, column: int = 1):

@@ -20,6 +20,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from txwatch.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -36,7 +38,7 @@ STATEMENT_TIMEOUT_S = 120
 DEAD_PEER_S = 30
 
 
-class DatabaseError(Exception):
+class DatabaseError(ConfigError):
     """A database could not be opened or upgraded; the message says why and what to do."""
 
 

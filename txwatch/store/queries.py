@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from txwatch.store import search
 from txwatch.store.codec import NAN, decode
-from txwatch.store.models import OPEN_STATES, Diagnosis, Notification, Project, Run, RUN_LAYER_NONE, Series
+from txwatch.store.models import OPEN_STATES, Diagnosis, as_utc, Notification, Project, Run, RUN_LAYER_NONE, Series
 
 DEFAULT_RUN_LIMIT = 100
 MAX_RUN_LIMIT = 10_000
@@ -30,18 +30,12 @@ class Ambiguous(LookupError):
 
 
 def iso(dt: datetime | None) -> str | None:
-    """ISO 8601 in UTC (SQLite hands back naive datetimes; they were stored as UTC)."""
-    if dt is None:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc).isoformat()
+    """ISO 8601 in UTC."""
+    utc = as_utc(dt)
+    return None if utc is None else utc.isoformat()
 
 
-def aware(dt: datetime | None) -> datetime | None:
-    if dt is not None and dt.tzinfo is None:
-        return dt.replace(tzinfo=timezone.utc)
-    return dt
+aware = as_utc
 
 
 def last_value(series: Series | Any) -> float | None:
@@ -284,21 +278,6 @@ def list_diagnoses(
         q = q.where(Diagnosis.state == state)
     q = q.order_by(Diagnosis.first_seen.desc(), Diagnosis.id.desc()).limit(max(1, min(limit, MAX_RUN_LIMIT)))
     return [diagnosis_dict(d, run_name, project_name) for d, run_name, project_name in session.execute(q).all()]
-
-
-def run_incidents(session: Session, run: Run) -> list[dict[str, Any]]:
-    """The run's incidents (``txwatch.rules.incidents``): its diagnoses that overlap in time, root cause first."""
-    from txwatch.rules.incidents import Episode, group
-
-    rows = session.execute(
-        select(Diagnosis).where(Diagnosis.run_id == run.id, Diagnosis.state != "pending").order_by(Diagnosis.id)
-    ).scalars()
-    episodes = [
-        Episode(d.rule_id, d.severity, int(d.first_step or 0), d.resolved_step if d.state == "resolved" else None,
-                "" if d.layer == RUN_LAYER_NONE else d.layer, d.reason, tuple(d.fix or ()), d.id)
-        for d in rows
-    ]
-    return [i.as_dict() for i in group(episodes)]
 
 
 def diagnosis_dict(d: Diagnosis, run_name: str, project_name: str) -> dict[str, Any]:

@@ -8,8 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from txwatch.alerts.silences import SilenceError, add_silence, list_silences, remove_silence, silence_dict
-from txwatch.api.deps import get_services, require_token
-from txwatch.services import Services
+from txwatch.api.deps import Services, get_services, require_token
 
 router = APIRouter(prefix="/api/v1/silences", tags=["silences"], dependencies=[Depends(require_token)])
 

@@ -27,7 +27,7 @@ from txwatch import telemetry
 from txwatch.store.models import Run, Series
 
 if TYPE_CHECKING:
-    from txwatch.services import Services
+    from txwatch.collector.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class Scheduler:
     def __init__(self, services: Services, *, retention: bool = True, checkpoint: bool = True):
         self.services = services
         self._sched = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(JOB_THREADS, pool_kwargs={"thread_name_prefix": "txwatch.scheduler"})},
+            executors={"default": ThreadPoolExecutor(JOB_THREADS, pool_kwargs={"thread_name_prefix": "txwatch.collector.scheduler"})},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
             timezone=timezone.utc,
             logger=_APS_LOG,
@@ -144,7 +144,7 @@ class Scheduler:
                 )
             ).all()
             for run in silent:
-                last_seen = run.last_seen if run.last_seen.tzinfo else run.last_seen.replace(tzinfo=timezone.utc)
+                last_seen = run.last_seen  # aware UTC: models.UTCDateTime
                 if now - last_seen < stall_after:
                     continue
                 if self._process_gone(run):

@@ -3,7 +3,7 @@
 Contract between the parts (see docs/design.md):
 - ``txwatch.rules.build_engine(settings, session_factory, notifier) -> RuleEngine``
 - ``txwatch.alerts.build_alerting(settings, session_factory) -> Alerting`` (``.outbox`` is the notifier)
-- ``txwatch.collector.core.Collector(session_factory, engine=...)`` takes batches
+- ``txwatch.ingest.queue.Collector(session_factory, engine=...)`` takes batches
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
+    from txwatch.alerts import Alerting
+    from txwatch.ingest.queue import Collector
+    from txwatch.rules import RuleEngine
     from txwatch.settings import Settings
 
 
@@ -23,9 +26,9 @@ class Services:
     settings: Settings
     db: Engine
     session_factory: sessionmaker[Session]
-    collector: Any  # txwatch.collector.core.Collector
-    rules: Any = None  # txwatch.rules.RuleEngine
-    alerting: Any = None  # txwatch.alerts.Alerting
+    collector: Collector
+    rules: RuleEngine | None = None
+    alerting: Alerting | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -45,9 +48,10 @@ class Services:
 def build_services(settings: Settings, *, migrate: bool = True, console: Any = False) -> Services:
     """Wire the collector's parts on ``settings.db_url``: migrated store, alerting, rule engine, collector.
 
-    The rule engine and alerting are optional parts: when their package is missing or broken the collector
-    still stores everything (logged once). A bad rule file or alert setting is a configuration error and
-    raises (``RuleError``, ``AlertConfigError``), naming what is wrong.
+    A bad rule file or alert setting is a configuration error and raises (a ``ConfigError``: ``RuleError``,
+    ``AlertConfigError``), naming what is wrong. An ImportError of txwatch's own modules is a broken install
+    and raises too; only a rule engine or alerting that fails for another reason degrades (logged once):
+    the collector still stores everything.
 
     Args:
         migrate: apply the database migrations first (the daemon and embedded mode do).
@@ -55,7 +59,7 @@ def build_services(settings: Settings, *, migrate: bool = True, console: Any = F
     """
     import logging
 
-    from txwatch.collector.core import Collector
+    from txwatch.ingest.queue import Collector
     from txwatch.store.db import make_engine, session_factory, upgrade
 
     log = logging.getLogger(__name__)
@@ -87,21 +91,14 @@ def _build_rules(settings, sf, notifier):
 
 
 def _optional(what: str, build, log):
-    """Build an optional part; a missing package or an internal bug degrades, a configuration error raises."""
+    """Build a part the collector can run without: an internal bug degrades (logged), a configuration error
+    or an ImportError (a broken install: these parts need no optional package) raises."""
+    from txwatch.errors import ConfigError
+
     try:
         return build()
-    except ImportError as exc:
-        log.warning("%s not available (%s): runs are stored but not diagnosed/alerted", what, exc)
-        return None
-    except Exception as exc:
-        if _is_config_error(exc):
-            raise
+    except (ConfigError, ImportError):
+        raise
+    except Exception:
         log.exception("%s could not start: runs are stored but not diagnosed/alerted", what)
         return None
-
-
-def _is_config_error(exc: Exception) -> bool:
-    from txwatch.settings import SettingsError
-
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    return isinstance(exc, SettingsError) or bool(names & {"RuleError", "AlertConfigError", "ConditionError"})

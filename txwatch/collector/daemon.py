@@ -32,9 +32,9 @@ class Daemon:
         self.server: Any = None
 
     def build(self) -> None:
-        from txwatch.api.app import create_app
-        from txwatch.scheduler import Scheduler
-        from txwatch.services import build_services
+        from txwatch.collector.app import create_app
+        from txwatch.collector.scheduler import Scheduler
+        from txwatch.collector.services import build_services
         from txwatch.store.db import redact
 
         self.services = build_services(self.settings)  # migrations applied here
