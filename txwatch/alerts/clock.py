@@ -1,12 +1,15 @@
 """UTC time helpers: every time the alerts code stores or compares is timezone-aware UTC.
 
-SQLite hands back naive datetimes (it stores no zone), PostgreSQL aware ones; ``as_utc`` makes both comparable.
+Stored times come back aware UTC (``txwatch.store.models.UTCDateTime``); ``as_utc`` (the store's one UTC
+function) makes a time from elsewhere comparable.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timezone
+
+from txwatch.store.models import as_utc
 
 Clock = Callable[[], datetime]
 
@@ -15,13 +18,6 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def as_utc(value: datetime | None) -> datetime | None:
-    """``value`` as an aware UTC datetime (naive values are taken to be UTC already)."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
 
 
 def iso(value: datetime | None) -> str | None:

@@ -36,7 +36,7 @@ from txwatch.rules.persistence import (
     save_states,
 )
 from txwatch.rules.state import RunState
-from txwatch.store.models import RUN_LAYER_NONE, Diagnosis, Run
+from txwatch.store.models import RUN_LAYER_NONE, Diagnosis, Run, as_utc
 
 log = logging.getLogger(__name__)
 
@@ -391,9 +391,7 @@ def _count(changes: list[DiagnosisChange], points: int = 0, started: float | Non
 
 
 def _facts_of(run: Any, now: float) -> RunFacts:
-    last_seen: datetime = run.last_seen
-    if last_seen.tzinfo is None:  # SQLite returns naive datetimes: they were written as UTC
-        last_seen = last_seen.replace(tzinfo=timezone.utc)
+    last_seen: datetime = as_utc(run.last_seen) or run.last_seen  # a plain row (load_states) is not typed
     if run.status in RUNNING_STATUSES:
         status = "running"
     elif run.status == "vanished":

@@ -21,7 +21,7 @@ from txwatch.wire.batch import Batch
 from txwatch.store import rollup
 from txwatch.store.codec import json_safe
 from txwatch.store.models import Batch as BatchRow
-from txwatch.store.models import Project, Run, Series
+from txwatch.store.models import Project, Run, Series, as_utc
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ _SERIES_UPDATE = text(
 
 
 def utc_of(dt: datetime) -> datetime:
-    """A stored datetime as aware UTC (SQLite hands them back naive)."""
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)
+    """A stored datetime as aware UTC (``models.as_utc``)."""
+    return as_utc(dt) or dt
 
 
 def utc(ts: float) -> datetime:
