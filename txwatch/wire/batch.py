@@ -128,7 +128,7 @@ class Batch(BaseModel):
 
     @field_validator("series")
     @classmethod
-    def _bounded_series(cls, v: dict[str, list]) -> dict[str, list]:
+    def _bounded_series(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
         for name, points in v.items():
             if len(points) > MAX_POINTS_PER_SERIES:
                 raise ValueError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from txwatch.wire.batch import MAX_TIMESTAMP, SCHEMA_VERSION
@@ -22,7 +23,7 @@ METRIC_HINT = (
 )
 
 
-def field_path(loc: tuple | list, skip_body: bool = True) -> str:
+def field_path(loc: Sequence[Any], skip_body: bool = True) -> str:
     parts = [str(p) for p in loc if not (skip_body and p == "body")]
     parts = [p for p in parts if p != "[key]"]
     return ".".join(parts) or "(body)"
@@ -39,7 +40,7 @@ def _got(value: Any) -> Any:
     return text if len(text) <= MAX_GOT_CHARS else f"<{type(value).__name__} of {len(value) if hasattr(value, '__len__') else '?'} items>"
 
 
-def _problem(err: dict) -> str:
+def _problem(err: Mapping[str, Any]) -> str:
     loc = err.get("loc", ())
     msg = err.get("msg", "invalid")
     if err.get("type") == "string_pattern_mismatch":
@@ -62,10 +63,10 @@ def _problem(err: dict) -> str:
         return f"each point is [step, time, value]: {msg}"
     if err.get("type") == "extra_forbidden":
         return "unknown field (check the spelling; see docs/design.md, 'Wire format')"
-    return msg
+    return str(msg)
 
 
-def details_from(errors: list[dict], skip_body: bool = True) -> list[dict]:
+def details_from(errors: Sequence[Mapping[str, Any]], skip_body: bool = True) -> list[dict[str, Any]]:
     out = []
     for err in errors[:MAX_DETAILS]:
         item = {"field": field_path(err.get("loc", ()), skip_body), "problem": _problem(err)}
@@ -77,7 +78,7 @@ def details_from(errors: list[dict], skip_body: bool = True) -> list[dict]:
     return out
 
 
-def batch_error(errors: list[dict], body: bytes = b"") -> tuple[int, str, str, list[dict]]:
+def batch_error(errors: Sequence[Mapping[str, Any]], body: bytes = b"") -> tuple[int, str, str, list[dict[str, Any]]]:
     """(status, reason label, one-line error, details) for a batch that failed validation."""
     for err in errors:
         if err.get("type") == "json_invalid":
