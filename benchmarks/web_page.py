@@ -173,14 +173,14 @@ def main() -> int:
 
     from playwright.sync_api import sync_playwright
 
-    from tests.web.live import start_collector  # the same live server the browser tests use
+    from tests.live import start_live  # the same live daemon the browser tests use
 
     with tempfile.TemporaryDirectory(prefix="txwatch-bench-web-") as tmp:
         path = Path(args.db) if args.db else Path(tmp) / "bench.db"
         url = f"sqlite:///{path.resolve()}"
         if not path.exists():
             build_database(url, args.points)
-        collector = start_collector(url, with_rules=False)
+        collector = start_live(url, builtin_rules=False)
         if args.serve:
             print(f"serving {collector.url}/runs/bench/candidate-{args.points} (Ctrl-C to stop)", flush=True)
             try:

@@ -15,7 +15,7 @@ from typing import Any
 SCHEMA_VERSION = 1
 HOOKS_VERSION = "0.1.0"
 
-# Same alphabets as txwatch.collector.schema (kept in step by tests/hooks/test_wire.py).
+# Same alphabets as txwatch.wire.batch (kept in step by tests/hooks/test_wire.py).
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=\-]{0,199}$")
 METRIC_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,99}(/[A-Za-z0-9_.:\-/\[\]]{1,300})?$")
 MAX_MESSAGE_CHARS = 10_000  # the collector's limit on an error message
