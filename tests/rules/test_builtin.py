@@ -9,9 +9,9 @@ import pytest
 
 from tests.rules.synth import T0, at, curve, points, run_rules
 from txwatch.rules import load_rules
-from txwatch.rules.detectors import detect
+from txwatch.rules.detection import detect
 from txwatch.rules.engine import _Facts
-from txwatch.rules.evaluate import RunFacts
+from txwatch.rules.compiler import RunFacts
 
 BUILTIN_IDS = {
     "out-of-memory", "memory-pressure", "loss-nonfinite", "loss-diverging", "loss-not-decreasing",

@@ -8,9 +8,9 @@ import pytest
 
 from tests.rules.synth import T0, points
 from txwatch.rules import ConditionError, Core, check_condition
-from txwatch.rules.detectors import detect
+from txwatch.rules.detection import detect
 from txwatch.rules.errors import Problem
-from txwatch.rules.evaluate import RunFacts
+from txwatch.rules.compiler import RunFacts
 from txwatch.rules.loader import load_text
 
 

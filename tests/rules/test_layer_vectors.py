@@ -9,9 +9,9 @@ from tests.rules.synth import points
 from tests.rules.test_language import rule
 from txwatch.rules import Core
 from txwatch.rules.aggregates import WINDOWED, aggregate
-from txwatch.rules.evaluate import _reduce
+from txwatch.rules.compiler import _reduce
 from txwatch.rules.language import Window
-from txwatch.rules.window import Needs, SeriesBuffer
+from txwatch.rules.buffers import Needs, SeriesBuffer
 
 
 def _layers(n: int, steps: int, seed: int = 0) -> dict[str, list]:

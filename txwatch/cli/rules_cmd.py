@@ -54,7 +54,7 @@ def _replay_endpoint(endpoint: str, token: str | None, run: str, loaded, include
     from txwatch.cli.scratch import scratch_copy
     from txwatch.cli.source import HttpSource
     from txwatch.rules import replay
-    from txwatch.rules.core import Core
+    from txwatch.rules.evaluator import Core
 
     index = Core([r for r in loaded if not r.time_based]).index
     src = HttpSource(endpoint, token)

@@ -4,7 +4,7 @@ Rules are YAML files (the built-in ones ship in ``txwatch/_builtin_rules``); con
 declarative language over a run's metric series (see docs/rules.md).
 """
 
-from txwatch.rules.core import Core, Transition
+from txwatch.rules.evaluator import Core, Transition
 from txwatch.rules.engine import RuleEngine, build_engine
 from txwatch.rules.errors import ConditionError, Problem, RuleError
 from txwatch.rules.language import check as check_condition

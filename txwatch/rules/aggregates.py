@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from txwatch.rules.language import WINDOW_ONLY, Window
-from txwatch.rules.window import SeriesBuffer
+from txwatch.rules.buffers import SeriesBuffer
 
 _isfinite = math.isfinite
 

@@ -20,9 +20,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from txwatch import telemetry
-from txwatch.rules.core import Core, Transition
-from txwatch.rules.detectors import detect
-from txwatch.rules.evaluate import RunFacts
+from txwatch.rules.evaluator import Core, Transition
+from txwatch.rules.detection import detect
+from txwatch.rules.compiler import RunFacts
 from txwatch.rules.loader import load_rules
 from txwatch.rules.model import Rule
 from txwatch.rules.persistence import (

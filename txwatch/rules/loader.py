@@ -17,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from txwatch.rules.errors import ConditionError, Problem, RuleError, display_path
-from txwatch.rules.evaluate import compile_condition
+from txwatch.rules.compiler import compile_condition
 from txwatch.rules.language import check
 from txwatch.rules.model import Hold, Rule, RuleSpec, TemplatePart, parse_hold
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from txwatch.rules.evaluate import Program
+from txwatch.rules.compiler import Program
 
 RULE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,99}$"
 SEVERITIES = ("info", "warning", "critical")

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from txwatch.rules.core import Transition
+from txwatch.rules.evaluator import Transition
 from txwatch.rules.state import RunState
 from txwatch.store.codec import json_safe
 from txwatch.store.models import RUN_LAYER_NONE, Diagnosis, EngineState

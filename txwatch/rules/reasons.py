@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from txwatch.rules.evaluate import Explain, Value, _is_nan
+from txwatch.rules.compiler import Explain, Value, _is_nan
 from txwatch.rules.language import (
     FUNCTIONS,
     Binary,

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from txwatch.rules.core import Core, Transition
+from txwatch.rules.evaluator import Core, Transition
 from txwatch.rules.incidents import Episode
 from txwatch.rules.model import Rule
 from txwatch.store.codec import decode

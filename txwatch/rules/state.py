@@ -15,9 +15,9 @@ from dataclasses import asdict
 from typing import Any
 
 from txwatch.rules import roles
-from txwatch.rules.evaluate import RunFacts
+from txwatch.rules.compiler import RunFacts
 from txwatch.rules.lifecycle import Tracker
-from txwatch.rules.window import Needs, SeriesBuffer
+from txwatch.rules.buffers import Needs, SeriesBuffer
 
 STATE_FORMAT = 1
 

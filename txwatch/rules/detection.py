@@ -1,4 +1,4 @@
-"""Detectors: a rule's condition applied to a run's window state.
+"""Detection: a rule's condition applied to a run's window state, and the reason and evidence it leaves.
 
 Pure: ``(window state, params) -> (fired, reason, evidence)``. The only state a condition keeps (the running
 baselines of ``running_min``/``running_max``) is read from ``node_state`` and returned as ``updates`` for the
@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from txwatch.rules.evaluate import Context, Explain, Program, Value, View
+from txwatch.rules.compiler import Context, Explain, Program, Value, View
 from txwatch.rules.reasons import describe, fmt, quantifier_nodes, recorded_values
 from txwatch.rules.model import Rule
 

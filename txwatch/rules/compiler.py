@@ -32,7 +32,7 @@ from txwatch.rules.language import (
     children,
     walk,
 )
-from txwatch.rules.window import Needs, SeriesBuffer
+from txwatch.rules.buffers import Needs, SeriesBuffer
 
 Value = float | bool | None
 Fn = Callable[["Context", "str | None"], Value]

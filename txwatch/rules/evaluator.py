@@ -15,12 +15,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from txwatch.rules.detectors import detect
-from txwatch.rules.evaluate import Context
+from txwatch.rules.detection import detect
+from txwatch.rules.compiler import Context
 from txwatch.rules.lifecycle import Tracker, advance
 from txwatch.rules.model import Rule
 from txwatch.rules.state import RunState, SeriesIndex
-from txwatch.rules.window import Needs
+from txwatch.rules.buffers import Needs
 
 # A diagnosis that keeps holding refreshes its figures on every batch, but notifies an "update" at most this
 # often in the run's own time (and at once when more layers join), so a chat channel is not flooded.
