@@ -124,3 +124,19 @@ def test_daemon_away_bad_url_and_no_database_explain_the_fix(tmp_path):
     assert r.returncode == 2 and "no txwatch database" in r.stderr and "Traceback" not in r.stderr
     r = txwatch("runs", "--db", str(tmp_path / "missing.db"))
     assert r.returncode == 2 and "missing.db" in r.stderr
+
+
+@pytest.mark.parametrize("via", ["db", "endpoint"])
+def test_incidents_lead_with_the_root_cause_and_its_first_fix(sources, via):
+    r = txwatch("incidents", "search/bert-ft", "--json", *sources[via])
+    assert r.returncode == 0, r.stderr
+    [incident] = json.loads(r.stdout)
+    assert incident["primary"]["rule"] == "loss-nonfinite" and incident["fix"] == ["lower lr"]
+    assert incident["state"] == "open"  # bert-ft is still running
+    text = txwatch("incidents", "bert-ft", *sources[via]).stdout
+    assert "incident 1 (steps 1-, open): loss-nonfinite at step 1: loss NaN" in text
+    assert "first fix: lower lr" in text
+    quiet = txwatch("incidents", "gpt", *sources[via])
+    assert quiet.returncode == 0 and "no incident in gpt" in quiet.stdout
+    unknown = txwatch("incidents", "nope", *sources[via])
+    assert unknown.returncode == 1 and "no run 'nope'" in unknown.stderr and "Traceback" not in unknown.stderr

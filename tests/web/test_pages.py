@@ -329,7 +329,8 @@ def test_the_faulty_run_shows_each_incident_with_its_root_cause_fix_and_conseque
             assert consequence["rule"] in text.split("Consequences:", 1)[1]
     # both trainings have finished: an incident still open is unresolved when the run ended, not "open"
     for i, inc in enumerate(incidents):
-        if inc["state"] == "open":
+        assert inc["state"] != "open"
+        if inc["state"] == "ended":
             assert "unresolved when the run ended" in shown.nth(i).inner_text()
     # the root cause's rule opens its diagnosis in the list below
     first = incidents[0]["primary"]

@@ -167,7 +167,7 @@ class IncidentItem(BaseModel):
     number: int = Field(description="1 for the run's first incident")
     first_step: int
     resolved_step: int | None
-    state: Literal["open", "resolved"]
+    state: Literal["open", "resolved", "ended"] = Field(description="ended: still open when the run ended")
     severity: str
     primary: IncidentEpisode | None = Field(description="the root cause, by the causal order (docs/rules.md)")
     fix: list[str] = Field(description="the root cause's fix, in order")

@@ -210,4 +210,9 @@ def run_incidents(session: Session, run: Run) -> list[dict[str, Any]]:
                 "" if d.layer == RUN_LAYER_NONE else d.layer, d.reason, tuple(d.fix or ()), d.id)
         for d in rows
     ]
-    return [i.as_dict() for i in group(episodes)]
+    out = [i.as_dict() for i in group(episodes)]
+    if run.status != "running":  # what was still open when the run ended is not open any more
+        for incident in out:
+            if incident["state"] == "open":
+                incident["state"] = "ended"
+    return out

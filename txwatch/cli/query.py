@@ -269,6 +269,26 @@ def metrics(
 
 
 @app.command()
+def incidents(
+    run: str = typer.Argument(..., help="The run (RUN or PROJECT/RUN)."),
+    endpoint: Endpoint = None, db: Db = None, token: Token = None, as_json: AsJson = False,
+) -> None:
+    """A run's incidents: the diagnoses that overlapped in time, the root cause and its fix first, the rest as
+    its consequences (the causal order of docs/rules.md)."""
+    with _source(endpoint, db, token) as src:
+        rows = src.incidents(run)
+    if as_json:
+        return _print_json(rows)
+    from txwatch.cli.rules_cmd import incident_text
+
+    console = _console()
+    if not rows:
+        console.print(f"no incident in {cell(run)}: no warning or critical diagnosis")
+    for incident in rows:
+        console.print(incident_text(incident))
+
+
+@app.command()
 def diagnoses(
     run: Optional[str] = typer.Option(None, "--run", help="Only this run (RUN or PROJECT/RUN)."),
     project: Optional[str] = typer.Option(None, "--project", help="Only this project."),

@@ -171,22 +171,24 @@ def replay_run(
             table.add_row(str(e.step), cell(e.rule), cell(e.layer or ""), state, cell(e.reason))
         console.print(table)
     for incident in incidents:
-        console.print(incident_text(incident))
+        console.print(incident_text(incident.as_dict()))
     if skipped:
         console.print(f"[dim]not replayed (they depend on the wall clock): {', '.join(skipped)}[/]")
 
 
-def incident_text(incident) -> str:
-    """An incident as a person reads it: the root cause and its first fix, then what it explains."""
-    lead = incident.primary
-    span = f"steps {incident.first_step}-" + ("" if incident.open else str(int(incident.end)))
-    lines = [f"[bold]incident {incident.number}[/] ({span}, {'open' if incident.open else 'resolved'}): "
-             f"[bold]{cell(lead.rule)}[/] at step {lead.first_step}: {cell(lead.reason)}"]
-    if lead.fix:
-        lines.append(f"  first fix: {cell(lead.fix[0])}")
-    if incident.note:
-        lines.append(f"  {cell(incident.note)}")
-    rest = incident.consequences
+def incident_text(incident: dict) -> str:
+    """An incident (``Incident.as_dict()``) as a person reads it: the root cause and its first fix, then what
+    it explains."""
+    lead = incident["primary"]
+    state = incident["state"]  # open | resolved | ended (still open when the run ended)
+    span = f"steps {incident['first_step']}-" + ("" if state != "resolved" else str(incident["resolved_step"]))
+    lines = [f"[bold]incident {incident['number']}[/] ({span}, {state}): "
+             f"[bold]{cell(lead['rule'])}[/] at step {lead['first_step']}: {cell(lead['reason'])}"]
+    if incident["fix"]:
+        lines.append(f"  first fix: {cell(incident['fix'][0])}")
+    if incident["note"]:
+        lines.append(f"  {cell(incident['note'])}")
+    rest = incident["consequences"]
     if rest:
-        lines.append("  consequences: " + ", ".join(f"{cell(e.rule)}@{e.first_step}" for e in rest))
+        lines.append("  consequences: " + ", ".join(f"{cell(e['rule'])}@{e['first_step']}" for e in rest))
     return "\n".join(lines)

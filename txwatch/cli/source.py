@@ -104,6 +104,10 @@ class HttpSource:
     def diagnoses(self, **filters: Any) -> list[dict]:
         return self._get("/api/v1/diagnoses", **filters)["diagnoses"]
 
+    def incidents(self, ref: str) -> list[dict]:
+        project, name = self.resolve(ref)
+        return self._get(f"/api/v1/runs/{project}/{name}/incidents")["incidents"]
+
     def tag(self, project: str, name: str, add: list[str], remove: list[str]) -> list[str]:
         return self._request("POST", f"/api/v1/runs/{project}/{name}/tags", body={"add": add, "remove": remove})["tags"]
 
@@ -195,6 +199,13 @@ class DbSource:
 
         with self.sessions() as s:
             return queries.list_diagnoses(s, **filters)
+
+    def incidents(self, ref: str) -> list[dict]:
+        from txwatch.api.runs import run_incidents
+
+        with self.sessions() as s:
+            run, _ = self._find(s, ref)
+            return run_incidents(s, run)
 
     def tag(self, project: str, name: str, add: list[str], remove: list[str]) -> list[str]:
         from txwatch.store import queries, tags

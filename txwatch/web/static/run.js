@@ -130,14 +130,13 @@
   // and its fix, the rest listed as its consequences. A click on a rule opens its diagnosis below.
   function renderIncidents() {
     const box = document.getElementById("run-incidents");
-    const ended = state.status !== null && state.status !== "running";
     const step = (s) => (s === null || s === undefined ? "" : `step ${s}`);
     const ruleLink = (e) => el("a", { href: `#diag-${e.id}`, class: "rule-link", onclick: () => openDiagnosis({ id: e.id }) },
       el("code", { class: "rule" }, e.rule), e.layer ? el("code", { class: "layer" }, e.layer) : null);
     box.replaceChildren(...state.incidents.map((inc) => {
       const p = inc.primary;
-      const span = inc.state === "open" ? (ended ? `steps ${inc.first_step}-, unresolved when the run ended` : `since step ${inc.first_step}, open`)
-        : `steps ${inc.first_step}-${inc.resolved_step}, resolved`;
+      const span = inc.state === "ended" ? `steps ${inc.first_step}-, unresolved when the run ended`
+        : inc.state === "open" ? `since step ${inc.first_step}, open` : `steps ${inc.first_step}-${inc.resolved_step}, resolved`;
       return el("div", { class: `incident sev-border-${inc.severity}`, dataset: { number: String(inc.number), primary: p ? p.rule : "", state: inc.state } },
         el("div", { class: "incident-head" },
           el("span", { class: `badge sev-${inc.severity}` }, inc.severity),
