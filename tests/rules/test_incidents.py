@@ -58,3 +58,16 @@ def test_the_causal_order_names_every_built_in_rule():
     ids = {r.id for r in load_rules([])}
     assert ids == set(EXPLAINS) == set(ORDER)
     assert all(set(effects) <= ids for effects in EXPLAINS.values())
+
+
+def test_a_finding_open_since_before_the_cause_is_listed_as_concurrent_not_as_its_consequence():
+    # a branch dead since step 5 is still open when the learning rate jumps at step 40: the jump cannot have
+    # killed it (a cause does not come 35 steps after its effect), so the incident does not say it did
+    (incident,) = group([ep("dead-layer", 5), ep("lr-jump", 40, severity="critical"),
+                         ep("gradient-explosion", 41, severity="critical"), ep("loss-nonfinite", 44, severity="critical")])
+    assert incident.primary.rule == "lr-jump"
+    assert [e.rule for e in incident.consequences] == ["gradient-explosion", "loss-nonfinite"]
+    assert [e.rule for e in incident.concurrent] == ["dead-layer"]
+    d = incident.as_dict()
+    assert [e["rule"] for e in d["consequences"]] == ["gradient-explosion", "loss-nonfinite"]
+    assert [e["rule"] for e in d["concurrent"]] == ["dead-layer"]

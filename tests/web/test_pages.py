@@ -326,7 +326,9 @@ def test_the_faulty_run_shows_each_incident_with_its_root_cause_fix_and_conseque
         for step in inc["fix"]:
             assert str(step) in text
         for consequence in inc["consequences"]:
-            assert consequence["rule"] in text.split("Consequences:", 1)[1]
+            assert consequence["rule"] in text.split("Consequences:", 1)[1].split("Also open", 1)[0]
+        for other in inc["concurrent"]:  # the faulty run's branch is dead from the start, before the LR jump
+            assert other["rule"] in text.split("Also open, not explained by it:", 1)[1]
     # both trainings have finished: an incident still open is unresolved when the run ended, not "open"
     for i, inc in enumerate(incidents):
         assert inc["state"] != "open"

@@ -172,7 +172,8 @@ class IncidentItem(BaseModel):
     primary: IncidentEpisode | None = Field(description="the root cause, by the causal order (docs/rules.md)")
     fix: list[str] = Field(description="the root cause's fix, in order")
     note: str = Field(description="what the causal order concluded, in words")
-    consequences: list[IncidentEpisode]
+    consequences: list[IncidentEpisode] = Field(description="what the root cause explains, by the causal order")
+    concurrent: list[IncidentEpisode] = Field(description="open at the same time, not explained by the root cause")
 
 
 class IncidentList(BaseModel):

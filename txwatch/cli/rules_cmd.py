@@ -191,4 +191,7 @@ def incident_text(incident: dict) -> str:
     rest = incident["consequences"]
     if rest:
         lines.append("  consequences: " + ", ".join(f"{cell(e['rule'])}@{e['first_step']}" for e in rest))
+    also = incident.get("concurrent") or []
+    if also:
+        lines.append("  also open, not explained by it: " + ", ".join(f"{cell(e['rule'])}@{e['first_step']}" for e in also))
     return "\n".join(lines)

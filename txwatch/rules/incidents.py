@@ -128,7 +128,28 @@ class Incident:
 
     @property
     def consequences(self) -> list[Episode]:
-        return [e for e in self.episodes if e is not self.primary]
+        """The members the root cause explains, directly or through another consequence (a jump explains the
+        climb, the climb the NaN)."""
+        if self.primary is None:
+            return []
+        chain = [self.primary]
+        rest = [e for e in self.episodes if e is not self.primary]
+        grew = True
+        while grew:
+            grew = False
+            for e in list(rest):
+                if any(_explains(c, e, self.episodes) for c in chain):
+                    chain.append(e)
+                    rest.remove(e)
+                    grew = True
+        return [e for e in self.episodes if e in chain[1:]]
+
+    @property
+    def concurrent(self) -> list[Episode]:
+        """The members open at the same time that the root cause does not explain (a layer dead since step 5
+        when the learning rate jumps at step 40): listed, not passed off as its consequences."""
+        explained = self.consequences
+        return [e for e in self.episodes if e is not self.primary and e not in explained]
 
     def as_dict(self) -> dict:
         def ep(e: Episode) -> dict:
@@ -145,6 +166,7 @@ class Incident:
             "fix": list(self.primary.fix) if self.primary else [],
             "note": self.note,
             "consequences": [ep(e) for e in self.consequences],
+            "concurrent": [ep(e) for e in self.concurrent],
         }
 
 

@@ -146,7 +146,9 @@
         inc.note ? el("p", { class: "incident-note muted" }, inc.note) : null,
         inc.fix.length ? el("div", { class: "fix" }, el("b", {}, "Fix first:"), el("ol", {}, inc.fix.map((f) => el("li", {}, typeof f === "string" ? f : JSON.stringify(f))))) : null,
         inc.consequences.length ? el("p", { class: "incident-consequences" }, el("b", {}, "Consequences: "),
-          ...inc.consequences.flatMap((e, i) => [i ? ", " : "", ruleLink(e), el("span", { class: "muted" }, ` ${step(e.first_step)}`)])) : null);
+          ...inc.consequences.flatMap((e, i) => [i ? ", " : "", ruleLink(e), el("span", { class: "muted" }, ` ${step(e.first_step)}`)])) : null,
+        (inc.concurrent || []).length ? el("p", { class: "incident-concurrent" }, el("b", {}, "Also open, not explained by it: "),
+          ...inc.concurrent.flatMap((e, i) => [i ? ", " : "", ruleLink(e), el("span", { class: "muted" }, ` ${step(e.first_step)}`)])) : null);
     }));
     box.hidden = state.incidents.length === 0;
   }
