@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from tests.collector.batches import T0, batch, steps
 from txwatch.ingest.queue import Collector
 from txwatch.wire.batch import Batch
-from txwatch.store import downsample, queries
+from txwatch.store import downsample, plan, queries
 from txwatch.store.db import make_engine, session_factory, upgrade
 from txwatch.store.models import Point, Rollup, Run, Series
 
@@ -204,14 +204,14 @@ def test_concurrent_batches_are_written_together_each_caller_told_its_own_result
 def test_a_batch_that_cannot_be_stored_fails_alone(sessions, monkeypatch, caplog):
     caplog.set_level("INFO", logger="txwatch.ingest.queue")
     c = Collector(sessions)
-    run_changes = c.writer.run_changes
+    run_changes = plan.run_changes
 
     def fail_for_run_bad(run, b, now, max_step):  # late in the transaction, on either write path
         if b.run == "bad":
             raise RuntimeError("the database refused run 'bad'")
         return run_changes(run, b, now, max_step)
 
-    monkeypatch.setattr(c.writer, "run_changes", fail_for_run_bad)
+    monkeypatch.setattr(plan, "run_changes", fail_for_run_bad)
     bodies = [batch(run=f"good{k}", series=steps("loss", 0, 5)) for k in range(12)]
     bodies.insert(5, batch(run="bad", series=steps("loss", 0, 5)))
     results = []

@@ -27,16 +27,16 @@ def sessions(pg_url):
 
 @pytest.fixture
 def pipelined_calls(monkeypatch):
-    """What ``pipelined.store`` answered, call by call (None: it left the group to the classic path)."""
+    """What ``PipelineWriter.store`` answered, call by call (None: it left the group to the row writer)."""
     calls = []
-    real = pipelined.store
+    real = pipelined.PipelineWriter.store
 
-    def spy(*args, **kwargs):
-        out = real(*args, **kwargs)
+    def spy(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
         calls.append(out)
         return out
 
-    monkeypatch.setattr(pipelined, "store", spy)
+    monkeypatch.setattr(pipelined.PipelineWriter, "store", spy)
     return calls
 
 
@@ -92,7 +92,7 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def test_a_run_stored_pipelined_equals_the_same_run_stored_the_classic_way(sessions, pipelined_calls, monkeypatch):
+def test_a_run_stored_pipelined_equals_the_same_run_stored_the_classic_way(sessions, pipelined_calls):
     c = Collector(sessions)
     for b in _run_history("piped"):
         c.ingest(Batch.model_validate(b))
@@ -100,13 +100,7 @@ def test_a_run_stored_pipelined_equals_the_same_run_stored_the_classic_way(sessi
     assert [call is not None for call in pipelined_calls] == [True, True, True, False, True]
 
     classic = Collector(sessions)
-
-    def classic_runs(conn, batches, now):  # new runs too are created the classic way, for this comparison
-        with conn.begin():
-            return classic.writer.ensure_runs(conn, batches, now)
-
-    monkeypatch.setattr(pipelined, "eligible", lambda items: False)
-    monkeypatch.setattr(pipelined, "ensure_runs", classic_runs)
+    classic.writer.executors = [classic.writer.rows]  # new runs too are created the classic way, for this comparison
     for b in _run_history("classic"):
         classic.ingest(Batch.model_validate(b))
 

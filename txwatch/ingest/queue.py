@@ -9,16 +9,17 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 
 from txwatch import telemetry
-from txwatch.store import pipelined
-from txwatch.store.db import disk_full, disk_full_text
-from txwatch.store.ingest import BatchWriter, now_utc
+from txwatch.store.db import SessionFactory, bound_engine, disk_full, disk_full_text
+from txwatch.store.ingest import BatchWriter
+from txwatch.store.plan import now_utc
 from txwatch.wire.batch import Batch
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,24 @@ WRITE_PROBLEM_HOLD_S = 60.0
 # batches, small enough that the first caller in a group does not wait long for the others.
 GROUP_MAX_BATCHES = 64
 GROUP_MAX_POINTS = 200_000
+
+
+# What the rule engine is told of one stored batch: run id, its new points by series, its events as dicts.
+Observation = tuple[int, Mapping[str, Sequence[Any]], list[dict[str, Any]]]
+
+
+class RuleObserver(Protocol):
+    """What the collector needs of a rule engine: to be told of a run's stored points and events. Its result is
+    not read; it must not raise (a raise is logged once per kind and counted, and loses nothing)."""
+
+    def observe(self, run_id: int, series: Mapping[str, Sequence[Any]], events: list[dict[str, Any]]) -> object: ...
+
+
+@runtime_checkable
+class GroupObserver(RuleObserver, Protocol):
+    """A rule engine that takes a group of stored batches at once (``RuleEngine``), in the order given."""
+
+    def observe_many(self, items: list[Observation]) -> object: ...
 
 
 class IngestBusy(Exception):
@@ -79,22 +98,24 @@ class Collector:
     """Stores batches idempotently on (run, rank, seq) and feeds the rule engine.
 
     Args:
-        session_factory: a SQLAlchemy ``sessionmaker`` bound to a migrated database.
-        rules: an optional rule engine with ``observe(run_id, series, events)``; a failure there is logged
+        session_factory: a SQLAlchemy ``sessionmaker`` bound to a migrated database (``SessionFactory``).
+        rules: an optional rule engine (``RuleObserver``, or ``GroupObserver``); a failure there is logged
             (once per kind of failure) and never loses the stored batch.
     """
 
-    def __init__(self, session_factory: sessionmaker[Session], rules: Any = None, max_queue: int | None = None):
+    def __init__(
+        self, session_factory: SessionFactory, rules: RuleObserver | None = None, max_queue: int | None = None
+    ):
         self.session_factory = session_factory
         self.rules = rules
         self.max_queue = max_queue  # batches waiting for their turn, at most; None: unbounded (embedded mode)
         self._write_problem: tuple[float, str] | None = None  # (when, why) the last batch could not be written
-        engine = session_factory.kw["bind"]
+        engine = bound_engine(session_factory)
         self.engine = engine
         self.writer = BatchWriter(engine.dialect.name)
         # SQLite has one writer at a time; queueing writers on a lock here avoids SQLite's busy-wait sleeps
         # (1 to 100 ms each), which would dominate ingest latency with many concurrent clients.
-        self._write_lock = threading.Lock() if self.writer.dialect == "sqlite" else contextlib.nullcontext()
+        self._write_lock: contextlib.AbstractContextManager[Any] = threading.Lock() if self.writer.dialect == "sqlite" else contextlib.nullcontext()
         self._cache_lock = threading.Lock()
         self._runs: dict[tuple[str, str], int] = {}
         self._series: dict[int, dict[str, int]] = {}
@@ -139,7 +160,9 @@ class Collector:
                 self._write_problem = (time.monotonic(), disk_full_text(self.engine))
             raise item.error
         self._write_problem = None
-        telemetry.observe_ingest(item.result, time.perf_counter() - started)
+        assert item.result is not None  # done, and no error: stored or a duplicate
+        # arg-type: telemetry.IngestResult declares settable attributes; a frozen result only reads as one
+        telemetry.observe_ingest(item.result, time.perf_counter() - started)  # type: ignore[arg-type]
         return item.result
 
     @property
@@ -190,7 +213,8 @@ class Collector:
             self._evaluating.acquire()
             self._turn.release()
         try:
-            stored = [item for item in group if item.error is None and not item.result.duplicate]
+            stored = [item for item in group
+                      if item.error is None and item.result is not None and not item.result.duplicate]
             if stored and self.rules is not None:
                 self._observe(stored)
         finally:
@@ -235,16 +259,7 @@ class Collector:
                 item.run_id = ids[(item.batch.project, item.batch.run)]
             with self.engine.connect() as conn:
                 known = [(item.run_id, item.batch, self._series.get(item.run_id, {})) for item in group]
-                stored = None
-                if self.writer.dialect == "postgresql" and pipelined.eligible(known):
-                    stored = pipelined.store(self.writer, conn, known, now)  # None: take the classic path
-                if stored is None:
-                    self.writer.prepare(conn)
-                    with conn.begin():
-                        claimed = self.writer.claim_many(conn, [(run_id, b) for run_id, b, _ in known], now)
-                        stored = claimed, self.writer.write_many(
-                            conn, [k for k in known if (k[0], k[1].rank, k[1].seq) in claimed], now)
-        claimed, written = stored
+                claimed, written = self.writer.store(conn, known, now)
         new = [item for item in group if (item.run_id, item.batch.rank, item.batch.seq) in claimed]
         done = {id(item): w for item, w in zip(new, written)}
         for item in group:
@@ -255,9 +270,9 @@ class Collector:
                 self._remember_series(item.run_id, w.series_ids)
                 item.result = IngestResult(accepted=True, duplicate=False, points=w.points)
 
-    def _run_ids(self, batches: list[Batch], now) -> dict[tuple[str, str], int]:
+    def _run_ids(self, batches: list[Batch], now: datetime) -> dict[tuple[str, str], int]:
         """(project, run) -> run id for the batches' runs: cached, or created (all new ones in one transaction)."""
-        ids = {}
+        ids: dict[tuple[str, str], int] = {}
         new = []
         for b in batches:
             key = (b.project, b.run)
@@ -267,12 +282,8 @@ class Collector:
             else:
                 ids[key] = run_id
         if new:
-            if self.writer.dialect == "postgresql":
-                with self.engine.connect() as conn:
-                    created = pipelined.ensure_runs(conn, new, now)
-            else:
-                with self.engine.begin() as conn:
-                    created = self.writer.ensure_runs(conn, new, now)
+            with self.engine.connect() as conn:
+                created = self.writer.ensure_runs(conn, new, now)
             with self._cache_lock:
                 if len(self._runs) + len(created) > RUN_CACHE_MAX:
                     self._runs.clear()
@@ -301,16 +312,16 @@ class Collector:
                 self._series_count -= len(self._series.pop(run_id, {}))
 
     def _observe(self, stored: list[_Pending]) -> None:
-        items = [(item.run_id, item.batch.series, _rule_events(item.batch)) for item in stored]
+        items: list[Observation] = [(item.run_id, item.batch.series, _rule_events(item.batch)) for item in stored]
         try:
             # On SQLite the rule engine's writes (diagnoses, engine state) would otherwise race ingest's for the
             # one write lock, and SQLite's busy handler sleeps up to 100 ms per retry; queue them here instead.
             with self._write_lock:
-                if hasattr(self.rules, "observe_many"):
+                if isinstance(self.rules, GroupObserver):
                     self.rules.observe_many(items)
                 else:
                     for item in items:
-                        self.rules.observe(*item)
+                        self.rules.observe(*item)  # type: ignore[union-attr]  # None: _process calls no _observe
         except Exception as exc:  # a rule bug must not lose data: the batch is already committed
             kind = f"{exc.__class__.__name__}: {exc}"[:200]
             if kind not in self._rule_errors:

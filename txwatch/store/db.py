@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from alembic import command
 from alembic.config import Config
@@ -186,6 +186,21 @@ def _ping_when_idle(pool) -> None:
         except Exception as exc:
             log.info("a pooled database connection was dead (%s); opening a new one", exc.__class__.__name__)
             raise DisconnectionError() from exc
+
+
+class SessionFactory(Protocol):
+    """What the collector and the rule engine need of the store: sessions, and the engine they are bound to
+    (``kw["bind"]``, for the write path's own connections). ``session_factory`` makes one."""
+
+    kw: dict[str, Any]
+
+    def __call__(self) -> Session: ...
+
+
+def bound_engine(sessions: SessionFactory) -> Engine:
+    """The engine ``sessions`` is bound to."""
+    engine: Engine = sessions.kw["bind"]
+    return engine
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
