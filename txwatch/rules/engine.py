@@ -14,10 +14,10 @@ import time as _time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from txwatch import telemetry
 from txwatch.rules.evaluator import Core, Transition
@@ -36,6 +36,7 @@ from txwatch.rules.persistence import (
     save_states,
 )
 from txwatch.rules.state import RunState
+from txwatch.store.db import SessionFactory, bound_engine
 from txwatch.store.models import RUN_LAYER_NONE, Diagnosis, Run, as_utc
 
 log = logging.getLogger(__name__)
@@ -51,16 +52,38 @@ RUNNING_STATUSES = ("running", "stalled")  # statuses of a run that has not ende
 VANISHED_WATCH_S = 7 * 24 * 3600.0
 
 
+# one run's batch as the engine evaluates it: run id, its points by series, its events
+_Item = tuple[int, dict[str, list[Any]], list[Any]]
+_Prepared = tuple[_Item, RunState, list[Transition]]
+
+
+class Notifier(Protocol):
+    """What the engine tells of each diagnosis change, inside the change's transaction (the alerts outbox)."""
+
+    def record(self, session: Session, diagnosis: Diagnosis, kind: str) -> object: ...
+
+
+class EngineSettings(Protocol):
+    """The settings ``build_engine`` reads (``txwatch.settings.Settings``)."""
+
+    @property
+    def rules_dirs(self) -> Iterable[Any]: ...
+    @property
+    def builtin_rules(self) -> bool: ...
+    @property
+    def stall_after_s(self) -> float: ...
+
+
 class _Facts:
     """A View over run facts only (for the scheduler's time-based rules, which read no series)."""
 
     def __init__(self, facts: RunFacts):
         self.facts = facts
 
-    def series(self, name: str):
+    def series(self, name: str) -> None:
         return None
 
-    def layer_keys(self, patterns):
+    def layer_keys(self, patterns: tuple[str, ...], kinds: frozenset[str] | None = None) -> list[str]:
         return []
 
 
@@ -77,8 +100,8 @@ class RuleEngine:
     def __init__(
         self,
         rules: list[Rule],
-        session_factory: sessionmaker[Session],
-        notifier: Any = None,
+        session_factory: SessionFactory,
+        notifier: Notifier | None = None,
         stall_after_s: float = 300.0,
     ):
         self.rules = list(rules)
@@ -91,7 +114,7 @@ class RuleEngine:
         self._stripes = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._last_error_log: dict[int, float] = {}
         # on PostgreSQL a group's states are saved in two round trips when it writes no diagnosis
-        self._pipelined = session_factory.kw["bind"].dialect.name == "postgresql"
+        self._pipelined = bound_engine(session_factory).dialect.name == "postgresql"
 
     # ------------------------------------------------------------ ingest
 
@@ -106,18 +129,18 @@ class RuleEngine:
         ``series``: metric name -> [(step, time, value)]; ``events``: the batch's events as dicts. Errors are
         logged and counted (``txwatch_rule_errors_total``), never raised: the batch is already stored.
         """
-        events = list(events)
-        series = {name: list(points) for name, points in series.items()}
+        event_list = list(events)
+        points_of = {name: list(points) for name, points in series.items()}
         started = _time.perf_counter()
         with self._stripes[run_id % LOCK_STRIPES]:
             try:
-                changes = self._observe(run_id, series, events)
+                changes = self._observe(run_id, points_of, event_list)
             except Exception:
                 self._forget(run_id)
                 telemetry.RULE_ERRORS.labels(stage="observe").inc()
                 self._log_error(run_id, "rule evaluation failed for run %s; its diagnoses may lag", run_id)
                 return []
-        _count(changes, sum(len(p) for p in series.values()), started)
+        _count(changes, sum(len(p) for p in points_of.values()), started)
         return changes
 
     def observe_many(
@@ -128,28 +151,30 @@ class RuleEngine:
         A run whose saved state moved meanwhile (another collector), or a group whose transaction fails, is
         evaluated again on its own through ``observe``.
         """
-        items = [(run_id, {n: list(p) for n, p in series.items()}, list(events)) for run_id, series, events in items]
-        if len(items) == 1:
-            return self.observe(*items[0])
+        group: list[_Item] = [
+            (run_id, {n: list(p) for n, p in series.items()}, list(events)) for run_id, series, events in items
+        ]
+        if len(group) == 1:
+            return self.observe(*group[0])
         started = _time.perf_counter()
-        stripes = sorted({run_id % LOCK_STRIPES for run_id, _, _ in items})
+        stripes = sorted({run_id % LOCK_STRIPES for run_id, _, _ in group})
         for k in stripes:
             self._stripes[k].acquire()
         try:
-            changes, again = self._observe_group(items)
+            changes, again = self._observe_group(group)
         finally:
             for k in reversed(stripes):
                 self._stripes[k].release()
         redo = {id(item) for item in again}  # counted when ``observe`` evaluates them below
-        _count(changes, sum(len(p) for item in items if id(item) not in redo for p in item[1].values()), started)
+        _count(changes, sum(len(p) for item in group if id(item) not in redo for p in item[1].values()), started)
         for item in again:
             changes.extend(self.observe(*item))
         return changes
 
-    def _observe_group(self, items: list) -> tuple[list[DiagnosisChange], list]:
+    def _observe_group(self, items: list[_Item]) -> tuple[list[DiagnosisChange], list[_Item]]:
         """Evaluate each run on its current state, then save all in one transaction. Returns the changes and
         the items to evaluate again one by one."""
-        prepared = []
+        prepared: list[_Prepared] = []
         try:
             states = self._current_states([run_id for run_id, _, _ in items])
         except Exception:  # the database did not answer: evaluate one by one, each with its own errors
@@ -167,7 +192,7 @@ class RuleEngine:
         if self._pipelined and not any(t.kind in _WRITES_ROWS for _, _, transitions in prepared for t in transitions):
             return self._save_pipelined(prepared)
         changes: list[DiagnosisChange] = []
-        again: list = []
+        again: list[_Item] = []
         saved: list[RunState] = []
         try:
             with self.session_factory() as session, session.begin():
@@ -185,20 +210,20 @@ class RuleEngine:
         self._settle(prepared, {state.run_id for state in saved})
         return changes, again
 
-    def _save_pipelined(self, prepared: list) -> tuple[list[DiagnosisChange], list]:
+    def _save_pipelined(self, prepared: list[_Prepared]) -> tuple[list[DiagnosisChange], list[_Item]]:
         """``_observe_group``'s saving for a group whose transitions write no diagnosis row (the usual case:
         nothing fired, updated or resolved), in two round trips. Returns no changes, and the items whose
         state another collector moved meanwhile (to evaluate again)."""
         states = [state for _, state, _ in prepared]
         try:
-            with self.session_factory.kw["bind"].connect() as conn:
+            with bound_engine(self.session_factory).connect() as conn:
                 kept = lock_and_save_pipelined(conn, states, saved={s.run_id for s in states if s.version > 0})
         except Exception:
             return [], self._save_failed(prepared)
         self._settle(prepared, kept)
         return [], [item for item, state, _ in prepared if state.run_id not in kept]
 
-    def _save_failed(self, prepared: list) -> list:
+    def _save_failed(self, prepared: list[_Prepared]) -> list[_Item]:
         """Nothing was saved, but the states advanced in memory: drop them; the items, to evaluate one by one."""
         log.info("saving %d runs' rule states together failed; evaluating them one by one", len(prepared),
                  exc_info=True)
@@ -206,7 +231,7 @@ class RuleEngine:
             self._forget(item[0])
         return [item for item, _, _ in prepared]
 
-    def _settle(self, prepared: list, saved: set[int]) -> None:
+    def _settle(self, prepared: list[_Prepared], saved: set[int]) -> None:
         """Keep the saved states cached; drop the others (another collector moved them: evaluated again)."""
         for item, state, _ in prepared:
             if state.run_id in saved:
@@ -215,7 +240,7 @@ class RuleEngine:
                 self._forget(item[0])
                 telemetry.RULE_STATE_CONFLICTS.inc()
 
-    def _observe(self, run_id: int, series: dict[str, list[Any]], events: list) -> list[DiagnosisChange]:
+    def _observe(self, run_id: int, series: dict[str, list[Any]], events: list[Any]) -> list[DiagnosisChange]:
         # Optimistic first: evaluate without holding any database lock (on SQLite a write transaction blocks
         # every other writer), then lock the run's row, check nobody saved a newer state meanwhile, and write.
         # If another collector did, reload its state and evaluate again; the last try holds the lock throughout.
@@ -233,10 +258,12 @@ class RuleEngine:
             telemetry.RULE_STATE_CONFLICTS.inc()
         with self.session_factory() as session, session.begin():
             version = lock_state_row(session, run_id)
-            state = self._cached(run_id, version)
-            if state is None:
+            cached = self._cached(run_id, version)
+            if cached is None:
                 state = RunState.from_state(run_id, self.core.index, load_state_blob(session, run_id))
                 state.version = version
+            else:
+                state = cached
             transitions = self.core.process(state, series, events)
             changes = apply_transitions(session, run_id, transitions, state, self.notifier)
             save_states(session, [state], {run_id: version})
@@ -260,7 +287,7 @@ class RuleEngine:
         missing = sorted({run_id for run_id in run_ids if run_id not in out})
         if not missing:
             return out
-        saved = load_states(self.session_factory.kw["bind"], missing)
+        saved = load_states(bound_engine(self.session_factory), missing)
         for run_id in missing:
             version, blob = saved.get(run_id, (0, None))  # a new run has no saved state
             state = self._cached(run_id, version)
@@ -401,7 +428,9 @@ def _facts_of(run: Any, now: float) -> RunFacts:
     return RunFacts(status=status, idle_s=max(0.0, now - last_seen.timestamp()))
 
 
-def build_engine(settings: Any, session_factory: sessionmaker[Session], notifier: Any = None) -> RuleEngine:
+def build_engine(
+    settings: EngineSettings, session_factory: SessionFactory, notifier: Notifier | None = None
+) -> RuleEngine:
     """The engine for a collector: built-in rules (unless ``settings.builtin_rules`` is false) plus
     ``settings.rules_dirs``. Raises ``RuleError`` (file, line, problem) when a rule file is invalid."""
     rules = load_rules(list(settings.rules_dirs), builtin=settings.builtin_rules)
