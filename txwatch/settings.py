@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from txwatch.errors import ConfigError
@@ -15,10 +15,84 @@ DEFAULT_PORT = 8642
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024  # a 1k-layer model's sampled step is ~100 kB; 16 MiB leaves room
 
 
+SEVERITIES = ("info", "warning", "critical")
+_ROUTE_KEYS = ("channel", "severity", "project", "run", "rule", "labels", "mention", "continue")
+_URL_SETTINGS = ("slack_webhook_url", "webhook_url", "alertmanager_url", "slack_base_url")
+
+
+class SlackRoute(BaseModel):
+    """One of ``slack_routes``, checked in order like Alertmanager's routes (docs/alerts.md, "Routing").
+
+    Every condition given must match: ``severity``, ``project``, ``run``, ``rule`` (one value or a list;
+    shell-style globs for the last three), ``labels`` (a subset of the diagnosis's labels). A match sends to
+    ``channel`` and ends the search unless ``continue`` is true; ``mention`` replaces ``slack_mention_critical``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    channel: str
+    severity: tuple[str, ...] = ()
+    project: tuple[str, ...] = ()
+    run: tuple[str, ...] = ()
+    rule: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs
+    mention: str | None = None
+    cont: bool = Field(default=False, alias="continue")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping_with_a_channel(cls, data: Any) -> Any:
+        if isinstance(data, SlackRoute):
+            return data
+        if not isinstance(data, dict):
+            raise ValueError("expected a mapping like {severity: critical, channel: '#oncall'}")
+        unknown = set(data) - set(_ROUTE_KEYS)
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_ROUTE_KEYS))}")
+        channel = data.get("channel")
+        if not isinstance(channel, str) or not channel.strip():
+            raise ValueError("'channel' is required (a channel ID like C0123ABC or #name)")
+        return {**data, "channel": channel.strip()}
+
+    @field_validator("severity", "project", "run", "rule", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> tuple[str, ...]:
+        values = list(value) if isinstance(value, list | tuple) else [value]
+        if not values or not all(isinstance(v, str) and v for v in values):
+            raise ValueError(f"expected a name or a list of names, got {value!r}")
+        return tuple(values)
+
+    @field_validator("severity")
+    @classmethod
+    def _known_severities(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [s for s in value if s not in SEVERITIES]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not one of {', '.join(SEVERITIES)}")
+        return value
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_pairs(cls, value: Any) -> Any:
+        if value is None or isinstance(value, tuple):
+            return value or ()
+        if not isinstance(value, dict):
+            raise ValueError("expected a mapping like {team: nlp}")
+        return tuple(sorted((str(k), str(v)) for k, v in value.items()))
+
+    @field_validator("cont", mode="before")
+    @classmethod
+    def _a_bool(cls, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        return value
+
+
 class Settings(BaseSettings):
     """Every collector setting. Field names map to TXWATCH_<NAME> environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="TXWATCH_", extra="forbid", validate_default=True)
+    # hide_input_in_errors: a bad webhook URL or token must not be echoed by a ValidationError
+    model_config = SettingsConfigDict(env_prefix="TXWATCH_", extra="forbid", validate_default=True,
+                                      hide_input_in_errors=True)
 
     # daemon
     host: str = "127.0.0.1"
@@ -46,7 +120,7 @@ class Settings(BaseSettings):
     slack_channel: str | None = None
     slack_webhook_url: SecretStr | None = None
     slack_base_url: str | None = None
-    slack_routes: list[dict[str, Any]] = Field(default_factory=list)  # [{severity|project|label..., channel}]
+    slack_routes: list[SlackRoute] = Field(default_factory=list)  # JSON in TXWATCH_SLACK_ROUTES
     slack_mention_critical: str | None = None  # e.g. "@here"
     repeat_interval_s: float = Field(default=3600.0, ge=0)
     group_window_s: float = Field(default=10.0, ge=0)
@@ -72,6 +146,35 @@ class Settings(BaseSettings):
         if isinstance(raw, str) and not raw.strip():
             raise ValueError(f"{info.field_name} is set but empty: give it a value, or unset it")
         return v
+
+    @field_validator(*_URL_SETTINGS)
+    @classmethod
+    def _http_url(cls, v: Any, info: ValidationInfo) -> Any:
+        raw = v.get_secret_value() if isinstance(v, SecretStr) else v
+        if raw and not raw.lower().startswith(("http://", "https://")):
+            # the value is not echoed: webhook URLs are secrets
+            raise ValueError(f"TXWATCH_{str(info.field_name).upper()} must be an http:// or https:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _slack_can_post(self) -> Settings:
+        if self.slack_token is not None and not self.slack_channel and not self.slack_routes:
+            raise ValueError(
+                "TXWATCH_SLACK_TOKEN is set but no channel: set TXWATCH_SLACK_CHANNEL (a channel ID like C0123ABC "
+                "or #name) or slack_routes"
+            )
+        if self.slack_mode == "webhook" and self.slack_routes:
+            raise ValueError(
+                "slack_routes need a bot token (TXWATCH_SLACK_TOKEN): an incoming webhook posts to one fixed channel"
+            )
+        return self
+
+    @property
+    def slack_mode(self) -> Literal["token", "webhook"] | None:
+        """How Slack is posted to: with the bot token when one is set, else the incoming webhook, else not."""
+        if self.slack_token is not None:
+            return "token"
+        return "webhook" if self.slack_webhook_url is not None else None
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> Settings:
@@ -130,10 +233,18 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            where = _where(err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{where}: {msg}" if where != "settings" else msg)
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """A setting's path as a user writes it: ``slack_routes[1].severity``; "settings" for the whole."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "settings"
 
 
 class SettingsError(ConfigError):

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from txwatch.alerts.alertmanager import alert_for
+from txwatch.alerts.sinks.alertmanager import alert_for
 from txwatch.alerts.blocks import single_message
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "alerts.md"

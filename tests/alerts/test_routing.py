@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from txwatch.alerts import AlertConfigError, build_alerting
-from txwatch.alerts.routing import Router, Target, normalize_mention, parse_routes
-from txwatch.settings import Settings
+from txwatch.alerts import build_alerting
+from txwatch.alerts.routing import Router, Target, normalize_mention
+from txwatch.settings import Settings, SettingsError, load_settings
 
 
 def view(severity="warning", project="search", run="r1", rule="loss-diverging", labels=None):
@@ -14,8 +14,7 @@ def view(severity="warning", project="search", run="r1", rule="loss-diverging", 
 
 
 def router(routes, **kw):
-    args = {"slack_mode": "token", "slack_channel": "#alerts", "routes": parse_routes(routes), "mention_critical": "@here",
-            "webhook": False, "alertmanager": False}
+    args = {"slack_mode": "token", "slack_channel": "#alerts", "routes": Settings(slack_token="xoxb-1234567", slack_routes=routes).slack_routes, "mention_critical": "@here"}
     args.update(kw)
     return Router(**args)
 
@@ -42,7 +41,7 @@ def test_route_mention_overrides_the_global_one_for_critical_only():
 
 
 def test_other_sinks_and_webhook_mode():
-    r = Router(slack_mode="webhook", slack_channel=None, routes=[], mention_critical=None, webhook=True, alertmanager=True)
+    r = Router(slack_mode="webhook", slack_channel=None, routes=[], mention_critical=None, others=["webhook", "alertmanager"])
     assert r.route(view()) == [Target("slack", "webhook"), Target("webhook", "default"), Target("alertmanager", "default")]
 
 
@@ -60,17 +59,22 @@ def test_mentions(mention, expected):
     ([{"channel": "#a", "project": 3}], r"slack_routes\[0\].project: expected a name or a list of names"),
     (["#a"], r"slack_routes\[0\]: expected a mapping"),
 ])
-def test_bad_routes_name_route_and_key(routes, message):
-    with pytest.raises(AlertConfigError, match=message):
-        parse_routes(routes)
+def test_bad_routes_are_settings_errors_naming_route_and_key(routes, message):
+    with pytest.raises(SettingsError, match=rf"(?m)^  {message}"):
+        load_settings(slack_token="xoxb-1234567", slack_routes=routes)
+
+
+def test_a_bad_route_from_the_environment_is_refused_at_start(monkeypatch):
+    monkeypatch.setenv("TXWATCH_SLACK_ROUTES", '[{"channel": "#a", "severity": "fatal"}]')
+    with pytest.raises(SettingsError, match=r"slack_routes\[0\].severity: 'fatal' is not one of"):
+        load_settings(slack_token="xoxb-1234567")
 
 
 def test_slack_settings_that_cannot_work_are_refused():
-    with pytest.raises(AlertConfigError, match="TXWATCH_SLACK_TOKEN is set but no channel"):
-        build_alerting(Settings(slack_token="xoxb-1234567"), None)
-    with pytest.raises(AlertConfigError, match="slack_routes need a bot token"):
-        build_alerting(Settings(slack_webhook_url="http://127.0.0.1:9/services/a/b/cccccc",
-                                slack_routes=[{"channel": "#a"}]), None)
+    with pytest.raises(SettingsError, match="(?m)^  TXWATCH_SLACK_TOKEN is set but no channel"):
+        load_settings(slack_token="xoxb-1234567")
+    with pytest.raises(SettingsError, match="(?m)^  slack_routes need a bot token"):
+        load_settings(slack_webhook_url="http://127.0.0.1:9/services/a/b/cccccc", slack_routes=[{"channel": "#a"}])
 
 
 def test_routes_come_from_the_environment(monkeypatch):
@@ -81,7 +85,12 @@ def test_routes_come_from_the_environment(monkeypatch):
 
 
 def test_urls_without_a_scheme_are_refused_without_echoing_them():
-    with pytest.raises(AlertConfigError, match="^TXWATCH_SLACK_WEBHOOK_URL must be an http:// or https:// URL$"):
-        build_alerting(Settings(slack_webhook_url="hooks.slack.com/services/T/B/sekrit123"), None)
-    with pytest.raises(AlertConfigError, match="^TXWATCH_ALERTMANAGER_URL must be"):
-        build_alerting(Settings(alertmanager_url="alertmanager:9093"), None)
+    with pytest.raises(SettingsError, match="(?m)^  slack_webhook_url: TXWATCH_SLACK_WEBHOOK_URL must be an http:// or "
+                                           "https:// URL$") as err:
+        load_settings(slack_webhook_url="hooks.slack.com/services/T/B/sekrit123")
+    assert "sekrit123" not in str(err.value)
+    with pytest.raises(SettingsError, match="(?m)^  alertmanager_url: TXWATCH_ALERTMANAGER_URL must be"):
+        load_settings(alertmanager_url="alertmanager:9093")
+    with pytest.raises(ValueError) as direct:  # built directly, the ValidationError does not echo it either
+        Settings(webhook_url="hooks.example.com/sekrit123")
+    assert "sekrit123" not in str(direct.value)

@@ -35,18 +35,17 @@ def test_the_design_notes_folder_listing_is_the_package():
     block = re.search(r"<!-- layout -->\n```\n(.*?)```", text, re.S)
     assert block, "docs/design.md has no folder listing (a ``` block after <!-- layout -->)"
     listed = set()
-    folder = ""
+    folders: list[str] = []  # the enclosing folders of the current line, outermost first
     for line in block.group(1).splitlines():
         name = line.split("#")[0].strip()
         depth = (len(line) - len(line.lstrip())) // 2
         if not name or depth == 0:  # the txwatch/ line itself
             continue
-        if depth == 1:
-            folder = name if name.endswith("/") else ""
-            if not name.endswith("/"):
-                listed.add(name)
+        del folders[depth - 1:]
+        if name.endswith("/"):
+            folders.append(name)
         else:
-            listed.add(folder + name)
+            listed.add("".join(folders) + name)
     real = {
         str(p.relative_to(ROOT / "txwatch"))
         for p in (ROOT / "txwatch").rglob("*.py")

@@ -12,16 +12,17 @@ See docs/alerts.md for the settings, the Slack app, routing, the webhook payload
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from txwatch.alerts.clock import Clock, utcnow
-from txwatch.alerts.console import ConsoleSink, LineCallback
 from txwatch.alerts.dispatcher import Dispatcher
 from txwatch.alerts.errors import AlertConfigError
 from txwatch.alerts.outbox import Outbox
-from txwatch.alerts.routing import Router, parse_routes
+from txwatch.alerts.routing import Router
+from txwatch.alerts.sinks import build_sinks
+from txwatch.alerts.sinks.console import ConsoleSink, LineCallback
+from txwatch.alerts.sinks.protocol import Job, ScheduledSink, Sink
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -32,9 +33,6 @@ log = logging.getLogger(__name__)
 
 SEND_TIMEOUT_S = 10.0  # one HTTP call to Slack, a webhook or Alertmanager
 
-Job = tuple[str, Callable[[], Any], dict[str, Any]]
-
-
 class Alerting:
     """The alerting side of a collector: ``outbox`` (the rule engine's notifier), ``dispatch_due``, ``jobs``."""
 
@@ -42,7 +40,7 @@ class Alerting:
         self,
         outbox: Outbox,
         dispatcher: Dispatcher,
-        sinks: dict[str, Any],
+        sinks: dict[str, Sink],
         session_factory: sessionmaker[Session],
         digest: Any = None,
         digest_trigger: dict[str, Any] | None = None,
@@ -68,15 +66,9 @@ class Alerting:
             from txwatch.alerts.digest import JOB_ID
 
             out.append((JOB_ID, self.digest.run, dict(self._digest_trigger)))
-        am = self.sinks.get("alertmanager")
-        if am is not None:
-            from txwatch.alerts.alertmanager import REFRESH_INTERVAL_S
-
-            out.append((
-                "txwatch.alerts.alertmanager-refresh",
-                lambda: am.refresh(self.session_factory),
-                {"trigger": "interval", "seconds": REFRESH_INTERVAL_S, "coalesce": True, "max_instances": 1},
-            ))
+        for sink in self.sinks.values():
+            if isinstance(sink, ScheduledSink):
+                out.extend(sink.jobs(self.session_factory))
         return out
 
     def close(self) -> None:
@@ -86,12 +78,6 @@ class Alerting:
                 sink.close()
             except Exception as exc:  # closing must not fail a shutdown
                 log.debug("closing the %s sink: %s", getattr(sink, "name", "?"), exc)
-
-
-def _secret(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
 
 
 def build_alerting(
@@ -106,59 +92,17 @@ def build_alerting(
 
     ``console``: True to log diagnoses as readable lines (logger ``txwatch.alerts.console``), or a callback
     ``(text, payload)`` that prints them (embedded mode, ``txwatch demo``). Raises ``AlertConfigError`` for
-    settings that cannot work (a Slack token without a channel, a bad route, a bad ``digest_cron``).
+    a ``digest_cron`` that cannot work; the rest (routes, URLs, a Slack token without a channel) are checked
+    with the settings (``txwatch.settings``).
     """
-    token = _secret(settings.slack_token)
-    slack_webhook = _secret(settings.slack_webhook_url)
-    webhook_url = _secret(settings.webhook_url)
-    for name, url in (("TXWATCH_SLACK_WEBHOOK_URL", slack_webhook), ("TXWATCH_WEBHOOK_URL", webhook_url),
-                      ("TXWATCH_ALERTMANAGER_URL", settings.alertmanager_url), ("TXWATCH_SLACK_BASE_URL", settings.slack_base_url)):
-        if url and not url.lower().startswith(("http://", "https://")):
-            # the value is not echoed: webhook URLs are secrets
-            raise AlertConfigError(f"{name} must be an http:// or https:// URL")
-    routes = parse_routes(settings.slack_routes)
-    sinks: dict[str, Any] = {}
-    slack_mode = None
-    if token:
-        if not settings.slack_channel and not routes:
-            raise AlertConfigError(
-                "TXWATCH_SLACK_TOKEN is set but no channel: set TXWATCH_SLACK_CHANNEL (a channel ID like C0123ABC "
-                "or #name) or slack_routes"
-            )
-        if slack_webhook:
-            log.warning("both TXWATCH_SLACK_TOKEN and TXWATCH_SLACK_WEBHOOK_URL are set; using the token")
-        slack_mode = "token"
-    elif slack_webhook:
-        if routes:
-            raise AlertConfigError(
-                "slack_routes need a bot token (TXWATCH_SLACK_TOKEN): an incoming webhook posts to one fixed channel"
-            )
-        slack_mode = "webhook"
-    if slack_mode is not None:
-        from txwatch.alerts.slack import SlackSink  # slack-sdk is imported only when Slack is configured
-
-        sinks["slack"] = SlackSink(
-            token=token if slack_mode == "token" else None,
-            webhook_url=slack_webhook if slack_mode == "webhook" else None,
-            base_url=settings.slack_base_url,
-            timeout_s=timeout_s,
-        )
-    if webhook_url:
-        from txwatch.alerts.webhook import WebhookSink
-
-        sinks["webhook"] = WebhookSink(webhook_url, timeout_s=timeout_s)
-    if settings.alertmanager_url:
-        from txwatch.alerts.alertmanager import AlertmanagerSink
-
-        sinks["alertmanager"] = AlertmanagerSink(settings.alertmanager_url, public_url=settings.public_url, timeout_s=timeout_s)
-
+    slack_mode = settings.slack_mode
+    sinks = build_sinks(settings, timeout_s=timeout_s)  # the registry: txwatch/alerts/sinks/__init__.py
     router = Router(
         slack_mode=slack_mode,
         slack_channel=settings.slack_channel,
-        routes=routes,
+        routes=settings.slack_routes,
         mention_critical=settings.slack_mention_critical,
-        webhook="webhook" in sinks,
-        alertmanager="alertmanager" in sinks,
+        others=[name for name in sinks if name != "slack"],
     )
     console_sink = None
     if console:

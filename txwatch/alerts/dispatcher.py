@@ -27,7 +27,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from txwatch import telemetry
 from txwatch.alerts.clock import Clock, as_utc, utcnow
-from txwatch.alerts.delivery import Claimed, Ledger, Result, Sink, retry
+from txwatch.alerts.ledger import Ledger
+from txwatch.alerts.sinks.protocol import Claimed, Result, Sink, retry
 from txwatch.alerts.redact import SECRETS
 from txwatch.alerts.silences import matching_silence
 from txwatch.store.models import Notification

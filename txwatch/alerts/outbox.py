@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from txwatch import telemetry
 from txwatch.alerts.clock import Clock, as_utc, utcnow
-from txwatch.alerts.console import ConsoleSink
+from txwatch.alerts.sinks.console import ConsoleSink
 from txwatch.alerts.payload import diagnosis_payload
 from txwatch.alerts.routing import Router, Target
 from txwatch.alerts.silences import matching_silence

@@ -6,12 +6,19 @@ can drop the repeat that follows a lost response (webhook delivery is at least o
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import httpx
 
 from txwatch.alerts.clock import iso, utcnow
-from txwatch.alerts.delivery import Claimed, Ledger, Result
-from txwatch.alerts.posting import HTTP_TIMEOUT_S, post_json
+from txwatch.alerts.ledger import Ledger
+from txwatch.alerts.sinks.protocol import Claimed, Result
+from txwatch.alerts.sinks.http_post import HTTP_TIMEOUT_S, post_json
 from txwatch.alerts.redact import SECRETS
+
+
+if TYPE_CHECKING:
+    from txwatch.settings import Settings
 
 USER_AGENT = "txwatch-alerts/1"
 
@@ -35,3 +42,9 @@ class WebhookSink:
 
     def close(self) -> None:
         self.client.close()
+
+
+def from_settings(settings: Settings, *, timeout_s: float) -> WebhookSink:
+    """The webhook sink for ``TXWATCH_WEBHOOK_URL`` (registered in ``txwatch.alerts.sinks``)."""
+    assert settings.webhook_url is not None  # the registry builds it only when set
+    return WebhookSink(settings.webhook_url.get_secret_value(), timeout_s=timeout_s)

@@ -22,7 +22,7 @@ import re
 import socket
 import time
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.error import URLError
 
 from slack_sdk import WebClient
@@ -37,8 +37,12 @@ from slack_sdk.webhook import WebhookClient
 
 from txwatch.alerts import blocks
 from txwatch.alerts.clock import as_utc
-from txwatch.alerts.delivery import Claimed, Ledger, Result, defer, failed, retry, sent, skipped
+from txwatch.alerts.ledger import Ledger
+from txwatch.alerts.sinks.protocol import Claimed, Result, defer, failed, retry, sent, skipped
 from txwatch.alerts.redact import SECRETS, sdk_logger
+
+if TYPE_CHECKING:
+    from txwatch.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -502,3 +506,14 @@ def _needed(exc: SlackApiError) -> str:
     data = getattr(exc.response, "data", None)
     needed = data.get("needed") if isinstance(data, dict) else None
     return f", needs {needed}" if needed else ""
+
+
+def from_settings(settings: Settings, *, timeout_s: float) -> SlackSink:
+    """The Slack sink (registered in ``txwatch.alerts.sinks``): with the bot token when one is set, else with the
+    incoming webhook. Both set: the token wins, said once in the log."""
+    token = settings.slack_token.get_secret_value() if settings.slack_token else None
+    webhook_url = settings.slack_webhook_url.get_secret_value() if settings.slack_webhook_url else None
+    if token and webhook_url:
+        log.warning("both TXWATCH_SLACK_TOKEN and TXWATCH_SLACK_WEBHOOK_URL are set; using the token")
+    return SlackSink(token=token, webhook_url=None if token else webhook_url, base_url=settings.slack_base_url,
+                     timeout_s=timeout_s)

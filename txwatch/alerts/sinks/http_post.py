@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from txwatch.alerts.delivery import Result, failed, retry, sent
+from txwatch.alerts.sinks.protocol import Result, failed, retry, sent
 from txwatch.alerts.redact import SECRETS
 
 HTTP_TIMEOUT_S = 10.0  # one POST to a receiver on the team's network

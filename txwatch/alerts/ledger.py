@@ -1,83 +1,17 @@
-"""What the dispatcher hands a sink (claimed rows), what a sink answers (a Result per row), and the ledger of
-earlier notifications a sink may consult (Slack threads replies under the episode's first message)."""
+"""The ledger: reads of the outbox that a sink may consult while delivering (Slack threads replies under the
+episode's first message, re-renders a grouped message, remembers a channel's ID)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from txwatch.alerts.clock import iso
+from txwatch.alerts.sinks.protocol import Claimed
 from txwatch.store.models import Diagnosis, Notification
-
-
-@dataclass
-class Claimed:
-    """One notification row claimed by this dispatcher (status "sending" in the database)."""
-
-    id: int
-    dedupe_key: str
-    diagnosis_id: int | None
-    run_id: int | None
-    kind: str
-    sink: str
-    target: str
-    payload: dict[str, Any]
-    attempts: int  # including this one
-    created: datetime
-
-    @property
-    def maybe_sent(self) -> bool:
-        """An earlier attempt may have reached the receiver (it timed out, or its dispatcher died mid-send)."""
-        return self.attempts > 1
-
-
-@dataclass
-class Result:
-    """How one row's delivery went. ``reason`` is a short code (metrics label), ``detail`` a sentence (no secrets)."""
-
-    status: str  # sent | retry | failed | defer | silenced
-    ref: dict[str, Any] | None = None
-    reason: str = ""
-    detail: str = ""
-    retry_after_s: float | None = None
-
-
-def sent(ref: dict[str, Any] | None = None) -> Result:
-    return Result("sent", ref=ref)
-
-
-def retry(reason: str, detail: str, retry_after_s: float | None = None) -> Result:
-    return Result("retry", reason=reason, detail=detail, retry_after_s=retry_after_s)
-
-
-def failed(reason: str, detail: str) -> Result:
-    return Result("failed", reason=reason, detail=detail)
-
-
-def defer(detail: str) -> Result:
-    """Not now, and not an attempt: e.g. an update whose episode's first message is still being sent."""
-    return Result("defer", detail=detail)
-
-
-def skipped(detail: str) -> Result:
-    """Nothing to send after all (e.g. a resolve for an episode nobody was told about); final, stored as silenced."""
-    return Result("silenced", detail=detail)
-
-
-class Sink(Protocol):
-    name: str
-
-    def batches(self, rows: list[Claimed]) -> list[list[Claimed]]:
-        """Split claimed rows into deliveries (Slack groups fires of one run into one message)."""
-
-    def deliver(self, rows: list[Claimed], ledger: Ledger) -> dict[int, Result]:
-        """Send one delivery; a Result for every row id. Must not raise for delivery problems."""
-
-    def close(self) -> None: ...
 
 
 @dataclass
@@ -147,7 +81,7 @@ class Ledger:
         out = []
         for f in fires:
             payload = {**f.payload, "diagnosis": dict(f.payload["diagnosis"])}
-            d = states.get(f.diagnosis_id)
+            d = states.get(f.diagnosis_id) if f.diagnosis_id is not None else None
             if d is not None:
                 payload["diagnosis"].update(
                     state=d.state, resolved_step=d.resolved_step, resolved_at=iso(d.resolved_at), last_step=d.last_step
@@ -166,8 +100,8 @@ class Ledger:
             ).all()
         for ref in refs:
             if ref and ref.get("channel"):
-                return ref["channel"]
+                return str(ref["channel"])
         return None
 
 
-__all__ = ["Claimed", "Result", "Sink", "Ledger", "EpisodeRow", "sent", "retry", "failed", "defer", "skipped"]
+__all__ = ["EpisodeRow", "Ledger"]

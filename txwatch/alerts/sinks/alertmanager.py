@@ -13,22 +13,28 @@ import json
 import logging
 import re
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from txwatch.alerts.clock import iso, utcnow
-from txwatch.alerts.delivery import Claimed, Ledger, Result
+from txwatch.alerts.ledger import Ledger
+from txwatch.alerts.sinks.protocol import Claimed, Result
 from txwatch.alerts.payload import diagnosis_payload
-from txwatch.alerts.posting import HTTP_TIMEOUT_S, post_json
+from txwatch.alerts.sinks.http_post import HTTP_TIMEOUT_S, post_json
 from txwatch.alerts.silences import matching_silence
 from txwatch.store.models import Diagnosis, Notification
+
+if TYPE_CHECKING:
+    from txwatch.alerts.sinks.protocol import Job
+    from txwatch.settings import Settings
 
 log = logging.getLogger(__name__)
 
 REFRESH_INTERVAL_S = 60.0  # well inside Alertmanager's default resolve_timeout of 5 minutes
+REFRESH_JOB_ID = "txwatch.alerts.alertmanager-refresh"
 REFRESH_CHUNK = 500  # alerts per POST when refreshing
 _LABEL_NAME = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -116,5 +122,19 @@ class AlertmanagerSink:
                 alerts.append(alert_for(payload, "update", now))
         return alerts
 
+    def jobs(self, session_factory: sessionmaker[Session]) -> list[Job]:
+        """The refresh, every ``REFRESH_INTERVAL_S``."""
+        return [(
+            REFRESH_JOB_ID,
+            lambda: self.refresh(session_factory),
+            {"trigger": "interval", "seconds": REFRESH_INTERVAL_S, "coalesce": True, "max_instances": 1},
+        )]
+
     def close(self) -> None:
         self.client.close()
+
+
+def from_settings(settings: Settings, *, timeout_s: float) -> AlertmanagerSink:
+    """The Alertmanager sink for ``TXWATCH_ALERTMANAGER_URL`` (registered in ``txwatch.alerts.sinks``)."""
+    assert settings.alertmanager_url  # the registry builds it only when set
+    return AlertmanagerSink(settings.alertmanager_url, public_url=settings.public_url, timeout_s=timeout_s)

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("txwatch.alerts.console")  # the name docs/alerts.md gives; the CLI quiets it
 
 LineCallback = Callable[[str, dict[str, Any]], None]
 _LEVEL = {"critical": logging.ERROR, "warning": logging.WARNING, "info": logging.INFO}
