@@ -8,6 +8,7 @@ import os
 import typer
 
 from txwatch.cli.app import app
+from txwatch.cli.errors import CliError
 
 DEMO_PROJECT = "txwatch-demo"
 
@@ -24,6 +25,7 @@ def demo(
 
     Each diagnosis is printed the moment it fires. Nothing is downloaded and no server is needed.
     """
+    _need_training_side()
     from rich.console import Console
 
     from txwatch.demo.runner import DemoRunner
@@ -42,3 +44,17 @@ def demo(
         console.print(f"\n[bold]Web page:[/] http://127.0.0.1:{port}/   (Ctrl-C to stop)")
         serve_command(host="127.0.0.1", port=port, db=db, rules=None, config=None, token=None, log_level="warning")
 
+
+def _need_training_side() -> None:
+    """The demo trains models: without the hooks extra (torch), say so in one line instead of a traceback."""
+    try:
+        import torch  # noqa: F401
+        import txwatch_hooks  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("torch", "txwatch_hooks"):
+            raise  # the training side is there but something it imports is not: its own error says what
+        raise CliError(
+            "txwatch demo trains small models, so it needs the training-side hooks (torch), which the collector "
+            "installs without: pip install 'txwatch[hooks]' (from a clone of the repository: "
+            "pip install ./hooks '.[hooks]')"
+        ) from None
