@@ -32,6 +32,7 @@ MISTAKES: dict[str, tuple[list[str], str]] = {
     "compare": (["compare"], "Missing argument"),
     "show": (["show"], "Missing argument"),
     "series": (["series", "a", "b"], "unexpected extra argument"),
+    "incidents": (["incidents"], "Missing argument"),
     "metrics": (["metrics", "some-run"], "Missing argument"),
     "diagnoses": (["diagnoses", "--severity", "huge"], "'huge' is not one of"),
     "serve": (["serve", "--port", "eighty"], "--port"),
