@@ -120,8 +120,7 @@ class ScalerWatch:
         trailing = version - self._last - 1
         if trailing <= 0:
             return None
-        total = self._skips + trailing + (to_float(self._fused_skips) if self._fused_skips is not None else 0.0)
-        return {wire.SCALER_SKIPPED: float(total), wire.LOSS_SCALE: to_float(tensor)}
+        return {wire.SCALER_SKIPPED: _skips(self._skips + trailing, self._fused_skips), wire.LOSS_SCALE: to_float(tensor)}
 
     def sample(self, scale: torch.Tensor | None, found: torch.Tensor | None) -> ScalerSample:
         return ScalerSample(scale, found, self._skips, self._fused_skips)
@@ -142,12 +141,16 @@ class ScalerSample:
         skipped = self.found is not None and to_float(self.found) > 0
         if self.scale is None:
             return skipped, 1.0
-        total = self.skips + (to_float(self.fused_skips) if self.fused_skips is not None else 0.0)
-        builder.add_point(wire.SCALER_SKIPPED, step, t, float(total))
+        builder.add_point(wire.SCALER_SKIPPED, step, t, _skips(self.skips, self.fused_skips))
         scale = to_float(self.scale)
         builder.add_point(wire.LOSS_SCALE, step, t, scale)
         # a scale that underflowed to 0 (or worse) unscales nothing: the norms go as they are
         return skipped, scale if math.isfinite(scale) and scale > 0 else 1.0
+
+
+def _skips(plain: int, fused: torch.Tensor | None) -> float:
+    """Iterations skipped in all: counted without a step (plain optimizers) plus a fused optimizer's flags."""
+    return float(plain + (to_float(fused) if fused is not None else 0.0))
 
 
 def _version(tensor: torch.Tensor | None) -> int | None:

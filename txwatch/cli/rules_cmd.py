@@ -188,10 +188,7 @@ def incident_text(incident: dict) -> str:
         lines.append(f"  first fix: {cell(incident['fix'][0])}")
     if incident["note"]:
         lines.append(f"  {cell(incident['note'])}")
-    rest = incident["consequences"]
-    if rest:
-        lines.append("  consequences: " + ", ".join(f"{cell(e['rule'])}@{e['first_step']}" for e in rest))
-    also = incident.get("concurrent") or []
-    if also:
-        lines.append("  also open, not explained by it: " + ", ".join(f"{cell(e['rule'])}@{e['first_step']}" for e in also))
+    for label, key in (("consequences", "consequences"), ("also open, not explained by it", "concurrent")):
+        if incident.get(key):
+            lines.append(f"  {label}: " + ", ".join(f"{cell(e['rule'])}@{e['first_step']}" for e in incident[key]))
     return "\n".join(lines)

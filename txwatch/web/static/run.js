@@ -133,6 +133,8 @@
     const step = (s) => (s === null || s === undefined ? "" : `step ${s}`);
     const ruleLink = (e) => el("a", { href: `#diag-${e.id}`, class: "rule-link", onclick: () => openDiagnosis({ id: e.id }) },
       el("code", { class: "rule" }, e.rule), e.layer ? el("code", { class: "layer" }, e.layer) : null);
+    const members = (cls, label, eps) => (eps || []).length ? el("p", { class: cls }, el("b", {}, label),
+      ...eps.flatMap((e, i) => [i ? ", " : "", ruleLink(e), el("span", { class: "muted" }, ` ${step(e.first_step)}`)])) : null;
     box.replaceChildren(...state.incidents.map((inc) => {
       const p = inc.primary;
       const span = inc.state === "ended" ? `steps ${inc.first_step}-, unresolved when the run ended`
@@ -145,10 +147,8 @@
         p ? el("p", { class: "incident-cause" }, el("b", {}, "Root cause: "), ruleLink(p), el("span", { class: "muted" }, ` ${step(p.first_step)}`), " ", p.reason) : null,
         inc.note ? el("p", { class: "incident-note muted" }, inc.note) : null,
         inc.fix.length ? el("div", { class: "fix" }, el("b", {}, "Fix first:"), el("ol", {}, inc.fix.map((f) => el("li", {}, typeof f === "string" ? f : JSON.stringify(f))))) : null,
-        inc.consequences.length ? el("p", { class: "incident-consequences" }, el("b", {}, "Consequences: "),
-          ...inc.consequences.flatMap((e, i) => [i ? ", " : "", ruleLink(e), el("span", { class: "muted" }, ` ${step(e.first_step)}`)])) : null,
-        (inc.concurrent || []).length ? el("p", { class: "incident-concurrent" }, el("b", {}, "Also open, not explained by it: "),
-          ...inc.concurrent.flatMap((e, i) => [i ? ", " : "", ruleLink(e), el("span", { class: "muted" }, ` ${step(e.first_step)}`)])) : null);
+        members("incident-consequences", "Consequences: ", inc.consequences),
+        members("incident-concurrent", "Also open, not explained by it: ", inc.concurrent));
     }));
     box.hidden = state.incidents.length === 0;
   }
